@@ -1,0 +1,36 @@
+# The two set-up commands the README gives: `make demo` and `make test`.
+# Both create .venv when it is missing and install the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+# On these machines `pip install torch==2.13.0` takes a local CPU build; any other request
+# pulls several GB of CUDA wheels. Override for a GPU machine, e.g. TORCH_SPEC="torch==2.13.0+cu128".
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.unet-med-installed
+DEMO_DIR ?= outputs/demo
+
+.PHONY: install test demo lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/unet-med presets
+
+lint: install
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""End-to-end workflows users run, and the ``unet-med`` console command."""
