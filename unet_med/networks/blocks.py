@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import List
 
 import torch
-from monai.networks.layers.factories import Conv, Dropout, Norm, Pool
+from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 
 __all__ = ["ConvNormAct", "DoubleConv", "Down", "UpConv", "center_crop", "CropAndConcat", "Up"]
@@ -81,7 +81,8 @@ class DoubleConv(nn.Sequential):
             self.add_module(f"conv{i}", ConvNormAct(spatial_dims, channels, width, padding, norm))
             channels = width
         if dropout > 0:
-            self.add_module("dropout", Dropout[Dropout.DROPOUT, spatial_dims](dropout))
+            # element-wise, as Keras' Dropout and the paper's Caffe layers (not channel dropout)
+            self.add_module("dropout", nn.Dropout(dropout))
         self.out_channels = channels
 
 

@@ -121,8 +121,7 @@ def check_input_size(size: Sequence[int], spec: UNetShapeSpec) -> None:
         return
     below, above = nearest_legal_sizes(sizes, spec)
     details = "; ".join(
-        f"axis {i}: {sizes[i]} is illegal, nearest legal sizes {below[i]} (below) and "
-        f"{above[i]} (above)"
+        f"axis {i}: {sizes[i]} is illegal, nearest legal sizes {below[i]} (below) and {above[i]} (above)"
         for i in bad
     )
     raise ValueError(

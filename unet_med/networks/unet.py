@@ -152,8 +152,14 @@ class UNet(nn.Module):
         for i in range(levels - 1):
             skip_channels = widths[levels - 2 - i]
             up = Up(
-                spatial_dims, channels, skip_channels, ups[i], [dec_widths[i]] * dec_convs[i],
-                upsampling, padding, norm,
+                spatial_dims,
+                channels,
+                skip_channels,
+                ups[i],
+                [dec_widths[i]] * dec_convs[i],
+                upsampling,
+                padding,
+                norm,
             )
             self.decoder.append(up)
             channels = up.out_channels
