@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import List
 
 import torch
-from monai.networks.layers.factories import Conv, Norm, Pool
+from monai.networks.layers.factories import Conv, Norm, Pad, Pool
 from torch import nn
 
 __all__ = ["ConvNormAct", "DoubleConv", "Down", "UpConv", "center_crop", "CropAndConcat", "Up"]
@@ -133,7 +133,9 @@ class UpConv(nn.Module):
         else:
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
             if mode == "upsample":
-                layers.append(Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 2, padding="same"))
+                # Keras' padding='same' for an even kernel pads one voxel after, none before
+                layers.append(Pad[Pad.CONSTANTPAD, spatial_dims]((0, 1) * spatial_dims, 0.0))
+                layers.append(Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 2))
             elif out_channels != in_channels:
                 raise ValueError(
                     f"'nearest' up-sampling keeps the channels: in {in_channels} != out {out_channels}"
