@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from unet_med import __version__
 
 # Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.presets", "pipelines.demo_data", "pipelines.runs", "pipelines.mlflow_server")
+COMMAND_MODULES: tuple[str, ...] = (
+    "pipelines.presets",
+    "pipelines.demo_data",
+    "pipelines.runs",
+    "pipelines.mlflow_server",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
