@@ -1,0 +1,26 @@
+"""Data: scan discovery, loading (NIfTI, DICOM series, PNG/TIFF), manifests, demo data, datasets."""
+
+from unet_med.data.datasets import make_dataset
+from unet_med.data.demo import generate_demo_dataset
+from unet_med.data.loading import ScanLoadError, ScanReader, load_image, load_scan
+from unet_med.data.manifest import (
+    ManifestError,
+    manifest_datalist,
+    manifest_labels,
+    manifest_sha256,
+    read_manifest,
+)
+
+__all__ = [
+    "ManifestError",
+    "ScanLoadError",
+    "ScanReader",
+    "generate_demo_dataset",
+    "load_image",
+    "load_scan",
+    "make_dataset",
+    "manifest_datalist",
+    "manifest_labels",
+    "manifest_sha256",
+    "read_manifest",
+]
