@@ -7,17 +7,26 @@ worth catching before MLflow itself sees the URI:
 * a SQLite path with a typo: MLflow would silently create a new, empty database there;
 * an unreachable server: MLflow's HTTP client retries with exponential back-off for minutes
   before it gives up, so a short probe of the server's ``/health`` endpoint answers in seconds.
+
+Two trainings may share one SQLite store. MLflow creates and migrates a new SQLite database on
+first use without any guard, so two processes opening a fresh store at the same time both fail
+("Online migration expected to match one row ..."); :func:`prepare_store` serialises that first
+open with a file lock, and :func:`get_or_create_experiment` survives two processes creating the
+same experiment at once. After that, SQLite's own locking is enough for concurrent runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 #: File name of the embedded store inside an output folder (the bundles' default).
 SQLITE_STORE_NAME = "mlflow.db"
@@ -109,6 +118,61 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock (``fcntl.flock`` on ``<database>.lock``, next to the database file)
+    for an ``sqlite:///`` store; a no-op for other stores, which do their own locking."""
+    database = sqlite_store_path(uri)
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_store(uri: str):
+    """Open the store at ``uri`` once, creating or upgrading an SQLite database under
+    :func:`store_lock`, and return an ``MlflowClient`` for it.
+
+    Raises:
+        TrackingStoreError: the store cannot be opened (message names the URI and the cause).
+    """
+    import mlflow
+
+    try:
+        with store_lock(uri):
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+    except Exception as error:  # MlflowException, SQLAlchemy and OS errors alike
+        raise TrackingStoreError(f"MLflow store {uri} cannot be opened ({error})") from error
+    return client
+
+
+def get_or_create_experiment(client, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location``) when missing. When
+    another process creates it in between, that experiment is used."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as error:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        logger.debug("experiment %r was created concurrently (%s)", name, error.error_code)
+        return experiment.experiment_id
 
 
 @contextlib.contextmanager
