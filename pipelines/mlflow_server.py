@@ -118,6 +118,7 @@ class TrackingServer:
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
                 start_new_session=True,  # its own process group: stop() ends uvicorn workers too
+                preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None,
             )
         finally:
             if output is not None:
@@ -178,6 +179,15 @@ class TrackingServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the starting process dies, so a
+    killed ``unet-med mlflow-server`` (or test run) does not leave the server behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -241,24 +251,23 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
     )
+    # `kill <pid>` (SIGTERM) must stop the server too, not leave it running without its parent
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     print(f"starting mlflow server (store {backend}, artifacts {artifacts}) ...", flush=True)
     try:
         url = server.start(ready_timeout_s=args.ready_timeout)
+        print(f"MLflow tracking server: {url}  (open it in a browser; Ctrl-C stops it)", flush=True)
+        print(f"train against it:  python -m monai.bundle run training ... --tracking_uri {url}", flush=True)
+        print(
+            f"compare runs:      unet-med runs compare --tracking-uri {url} --experiment <bundle name>",
+            flush=True,
+        )
+        code = server.wait()
     except TrackingServerError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"MLflow tracking server: {url}  (open it in a browser; Ctrl-C stops it)", flush=True)
-    print(f"train against it:  python -m monai.bundle run training ... --tracking_uri {url}", flush=True)
-    print(
-        f"compare runs:      unet-med runs compare --tracking-uri {url} --experiment <bundle name>",
-        flush=True,
-    )
-    # `kill <pid>` (SIGTERM) must stop the server too, not leave it running without its parent
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        code = server.wait()
+        code = 1
     except (KeyboardInterrupt, SystemExit):
-        code = 0
+        code = 0  # stopped on request
     finally:
         server.stop()
     return code
