@@ -8,8 +8,11 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.unet-med-installed
 DEMO_DIR ?= outputs/demo
+# `make mlflow`: tracking server on 127.0.0.1 (UI + REST API), store and artifacts in MLFLOW_DIR
+MLFLOW_DIR ?= outputs/mlflow
+MLFLOW_PORT ?= 5000
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint clean mlflow
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +31,9 @@ test: install
 
 demo: install
 	$(VENV)/bin/unet-med presets
+
+mlflow: install
+	$(VENV)/bin/unet-med mlflow-server --output-dir $(MLFLOW_DIR) --port $(MLFLOW_PORT)
 
 lint: install
 	$(PY) -m ruff check .
