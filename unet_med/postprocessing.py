@@ -1,0 +1,106 @@
+"""From network logits to a label map in the scan's own geometry.
+
+:func:`postprocessing_transforms` is the chain a bundle's ``inference.json`` refers to by
+``_target_`` (id ``postprocessing``): argmax over the class channel, inversion of the spatial
+preprocessing (``monai.transforms.Invertd``, nearest neighbour, so labels stay labels), then
+optionally MONAI's ``KeepLargestConnectedComponentd`` and ``FillHolesd`` per label.
+:func:`to_input_geometry` is the safety net of batch inference: whatever the bundle's chain did,
+the label map that gets written has the loaded scan's shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    FillHolesd,
+    Invertd,
+    InvertibleTransform,
+    KeepLargestConnectedComponentd,
+)
+
+__all__ = ["postprocessing_transforms", "to_input_geometry"]
+
+
+def postprocessing_transforms(
+    keys: str | Sequence[str] = "pred",
+    *,
+    preprocessing: InvertibleTransform | None = None,
+    orig_keys: str | Sequence[str] = "image",
+    argmax: bool = True,
+    largest_component: bool = False,
+    fill_holes: bool = False,
+    applied_labels: Sequence[int] | None = None,
+) -> Compose:
+    """Logits ``(C, *spatial)`` -> label map ``(1, *spatial)`` in the input's geometry.
+
+    Args:
+        keys: dictionary key(s) of the prediction.
+        preprocessing: the invertible preprocessing chain applied to ``orig_keys``
+            (``@preprocessing`` in a bundle); ``None`` skips the inversion.
+        orig_keys: key whose ``applied_operations`` are inverted.
+        argmax: turn class logits into labels first (off when the network already gives labels).
+        largest_component: keep only the largest connected component of each label.
+        fill_holes: fill holes enclosed by a label (per label).
+        applied_labels: labels the two clean-ups act on; default every non-zero label.
+    """
+    steps: list[Any] = []
+    if argmax:
+        steps.append(AsDiscreted(keys=keys, argmax=True))
+    if preprocessing is not None:
+        steps.append(Invertd(keys, transform=preprocessing, orig_keys=orig_keys, nearest_interp=True))
+    if largest_component:
+        steps.append(KeepLargestConnectedComponentd(keys, applied_labels=applied_labels, independent=True))
+    if fill_holes:
+        steps.append(FillHolesd(keys=keys, applied_labels=applied_labels))
+    return Compose(steps)
+
+
+def to_input_geometry(
+    data: dict[str, Any],
+    *,
+    preprocessing: InvertibleTransform | None,
+    spatial_shape: Sequence[int],
+    key: str = "pred",
+    orig_key: str = "image",
+    name: str = "scan",
+) -> np.ndarray:
+    """The label map of ``data[key]`` as a ``uint8`` array of ``spatial_shape``.
+
+    Takes an argmax when the prediction still has several channels and inverts ``preprocessing``
+    when the prediction still carries its operations (a bundle chain without ``Invertd``).
+
+    Raises:
+        ValueError: naming ``name`` when the result cannot be brought to ``spatial_shape`` or
+            holds more than 255 labels.
+    """
+    pred = data[key]
+    if not isinstance(pred, torch.Tensor):
+        pred = torch.as_tensor(np.asarray(pred))
+    if pred.ndim == len(spatial_shape) + 1 and pred.shape[0] > 1:
+        pred = AsDiscreted(keys=key, argmax=True)({key: pred})[key]
+    pending = getattr(pred, "applied_operations", None)
+    if pending and preprocessing is not None and tuple(pred.shape[1:]) != tuple(spatial_shape):
+        inverted = Invertd(
+            keys=key, transform=preprocessing, orig_keys=orig_key, nearest_interp=True, to_tensor=True
+        )({**data, key: pred})
+        pred = inverted[key]
+    array = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+    if array.ndim == len(spatial_shape) + 1:
+        array = array[0]
+    if tuple(array.shape) != tuple(spatial_shape):
+        raise ValueError(
+            f"{name}: the post-processed label map has shape {tuple(array.shape)}, expected the scan's "
+            f"{tuple(spatial_shape)} (the bundle's postprocessing must invert its spatial preprocessing)"
+        )
+    array = np.rint(array)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(
+            f"{name}: label values {int(array.min())}..{int(array.max())} do not fit uint8 (0..255)"
+        )
+    return array.astype(np.uint8)
