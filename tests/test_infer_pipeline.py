@@ -47,7 +47,7 @@ def bundle(tmp_path_factory) -> Path:
     (root / "configs").mkdir()
     (root / "models").mkdir()
     config = {
-        "imports": ["$import unet_med.networks", "$import unet_med.inferers", "$import unet_med.postprocessing"],
+        "imports": ["$import unet_med.inferers", "$import unet_med.postprocessing"],
         "device": "$torch.device('cpu')",
         "class_names": LABELS,
         "network_def": {
@@ -57,7 +57,9 @@ def bundle(tmp_path_factory) -> Path:
             "out_channels": 3,
             "widths": [2, 4],
         },
-        "inferer": {"_target_": "unet_med.inferers.OverlapTileInferer", "output_tile_size": 12, "sw_batch_size": 2},
+        "inferer": {
+            "_target_": "unet_med.inferers.OverlapTileInferer", "output_tile_size": 12, "sw_batch_size": 2
+        },
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -88,7 +90,8 @@ def scans_dir(tmp_path_factory) -> Path:
     """Two NIfTI scans and one DICOM series, all rotated and anisotropic."""
     root = tmp_path_factory.mktemp("scans")
     save_nifti(_volume((22, 18, 9), 1), _affine((0.9, 0.8, 2.5), 12, (10, -20, 30)), root / "ct_a.nii.gz")
-    save_nifti(_volume((17, 20, 7), 2), _affine((1.1, 1.1, 3.0), -8, (0, 5, -40)), root / "sub" / "ct_b.nii.gz")
+    b_affine = _affine((1.1, 1.1, 3.0), -8, (0, 5, -40))
+    save_nifti(_volume((17, 20, 7), 2), b_affine, root / "sub" / "ct_b.nii.gz")
     write_dicom_series(
         _volume((20, 16, 8), 3), _affine((0.7, 0.7, 2.0), 20, (-30, 15, 60)), root / "series1",
         series_uid="1.2.826.0.1.3680043.8.498.1", subject="SECRETNAME",
