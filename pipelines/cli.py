@@ -18,6 +18,7 @@ from unet_med import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.presets",
     "pipelines.demo_data",
+    "pipelines.scans",
     "pipelines.runs",
     "pipelines.mlflow_server",
     "pipelines.infer",
