@@ -463,17 +463,41 @@ def segment_scans(
             row["seconds"] = round(time.perf_counter() - t0, 3)
             finish(row)
     bar.close()
-    if not result.rows:
-        write_report([], report_path, bundle.labels)
+    write_report(result.rows, report_path, bundle.labels)  # also when every row came from discovery
     result.seconds = time.perf_counter() - start
     return result
 
 
 # ---------------------------------------------------------------------------------------- command
-def _select_part(scans: Sequence[Any], num_parts: int, part_id: int) -> list[Any]:
-    """Every ``num_parts``-th scan of the scans sorted by id, starting at ``part_id``."""
-    ordered = sorted(scans, key=lambda s: s.scan_id)
-    return ordered[part_id::num_parts]
+def discovery_failures(skipped: Sequence[Any]) -> list[dict[str, Any]]:
+    """Report rows for what discovery set aside: an unreadable, truncated or 4D NIfTI/image file
+    or a broken DICOM series is a *failed* scan; a non-image DICOM object (SEG, RTSTRUCT, DICOMDIR,
+    no pixel data) is *skipped* with its reason. Other files (no DICOM preamble, hidden files)
+    are not scans and get no row."""
+    from unet_med.data.discovery import safe_scan_id
+    from unet_med.data.loading import is_nifti, is_plain_image
+
+    rows = []
+    for item in skipped:
+        path, reason = str(item.path), str(item.reason)
+        if is_nifti(path) or is_plain_image(path):
+            status = "failed"
+        elif reason.startswith(("hidden file", "not a DICOM file")):
+            continue
+        elif reason.startswith(("non-image DICOM", "DICOMDIR", "DICOM file without pixel data")):
+            status = "skipped"
+        else:  # a broken series (listed by its folder) or an unreadable DICOM header
+            status = "failed"
+        stem = re.sub(r"(\.nii\.gz|\.nii|\.[A-Za-z]+)$", "", path)
+        rows.append(
+            {"scan_id": safe_scan_id(stem), "source": path, "status": status, "error": reason, "seconds": 0.0}
+        )
+    return rows
+
+
+def _select_part(ids: Sequence[str], num_parts: int, part_id: int) -> set[str]:
+    """Every ``num_parts``-th id of the sorted ids, starting at ``part_id``."""
+    return set(sorted(ids)[part_id::num_parts])
 
 
 def _merge(out_dir: Path) -> int:
@@ -513,16 +537,18 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"bundle folder not found: {args.bundle}")
 
     from unet_med.data.discovery import discover_scans
-
     from unet_med.reporting import part_report_name, report_summary
 
     discovery = discover_scans(args.input)
-    if not discovery.scans:
+    if not discovery.scans and not discovery_failures(discovery.skipped):
         skipped = f" ({len(discovery.skipped)} files skipped, e.g. {discovery.skipped[0].path}: " \
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
         raise UsageError(f"no NIfTI files or DICOM series found under {args.input}{skipped}")
     bundle = load_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, tta=args.tta)
-    scans = _select_part(discovery.scans, args.num_parts, args.part_id)
+    failures = discovery_failures(discovery.skipped)
+    mine = _select_part([s.scan_id for s in discovery.scans] + [r["scan_id"] for r in failures],
+                        args.num_parts, args.part_id)
+    scans = [s for s in discovery.scans if s.scan_id in mine]
     out_dir = args.output
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / part_report_name(args.part_id, args.num_parts)
@@ -535,6 +561,7 @@ def _run(args: argparse.Namespace) -> int:
         qc=not args.no_qc,
         overwrite=args.overwrite,
         progress=True,
+        extra_rows=[r for r in failures if r["scan_id"] in mine],
     )
     counts = report_summary([r["status"] for r in result.rows])
     part = f" (part {args.part_id} of {args.num_parts})" if args.num_parts > 1 else ""

@@ -10,6 +10,11 @@ import numpy as np
 
 __all__ = ["write_dicom_seg"]
 
+_TYPE2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
 
 def write_dicom_seg(
     label_map: np.ndarray,
@@ -40,6 +45,12 @@ def write_dicom_seg(
     if label_map.ndim == 2:
         label_map = label_map[:, :, None]
     sources = [pydicom.dcmread(str(f)) for f in source_files]
+    for ds in sources:
+        # Patient/study attributes that the SEG copies are type 2 (must exist, may be empty);
+        # some exporters omit them, so add them empty in memory (the source files are not touched).
+        for keyword in _TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     if label_map.shape != (cols, rows, len(sources)):
         raise ValueError(

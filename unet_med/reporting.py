@@ -92,6 +92,11 @@ def write_report(rows: Sequence[Mapping[str, Any]], path: str | Path, labels: Ma
     from unet_med.data.writing import write_csv
 
     frame = pd.DataFrame(list(rows), columns=report_columns(labels))
+    for col in frame.columns:
+        if col.startswith("voxels_"):
+            frame[col] = frame[col].astype("Int64")  # counts stay integers next to empty failed rows
+        elif col.startswith("volume_ml_"):
+            frame[col] = frame[col].astype(float).round(6)
     frame = frame.sort_values("scan_id", kind="stable").reset_index(drop=True)
     return write_csv(frame, path)
 
