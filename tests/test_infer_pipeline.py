@@ -47,7 +47,9 @@ def bundle(tmp_path_factory) -> Path:
     (root / "configs").mkdir()
     (root / "models").mkdir()
     config = {
-        "imports": ["$import unet_med.inferers", "$import unet_med.postprocessing"],
+        "imports": [
+            "$import unet_med.inferers", "$import unet_med.postprocessing", "$import unet_med.transforms"
+        ],
         "device": "$torch.device('cpu')",
         "class_names": LABELS,
         "network_def": {
@@ -60,14 +62,16 @@ def bundle(tmp_path_factory) -> Path:
         "inferer": {
             "_target_": "unet_med.inferers.OverlapTileInferer", "output_tile_size": 12, "sw_batch_size": 2
         },
+        # the project's chain: LoadImaged (skipped by the command), orientation, resampling,
+        # a foreground crop and the CT window; all spatial steps must be undone for the outputs
         "preprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-                {"_target_": "Spacingd", "keys": "image", "pixdim": [1.0, 1.0, 2.0]},
-                {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -500, "a_max": 500,
-                 "b_min": -1.0, "b_max": 1.0, "clip": True},
-            ],
+            "_target_": "unet_med.transforms.inference_transforms",
+            "keys": ["image"],
+            "spacing": [1.0, 1.0, 2.0],
+            "window": [-500, 500],
+            "crop_foreground": True,
+            "foreground_threshold": -350,
+            "foreground_margin": 2,
         },
         "postprocessing": {
             "_target_": "unet_med.postprocessing.postprocessing_transforms",
