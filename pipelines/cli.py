@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.presets",
     "pipelines.demo_data",
     "pipelines.scans",
+    "pipelines.manifest",
     "pipelines.runs",
     "pipelines.mlflow_server",
     "pipelines.infer",

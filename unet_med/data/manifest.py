@@ -27,6 +27,7 @@ __all__ = [
     "manifest_sha256",
     "manifest_labels",
     "manifest_sidecar",
+    "validate_manifest",
 ]
 
 REQUIRED_COLUMNS = ("subject_id", "image", "label", "split")
@@ -168,3 +169,10 @@ def manifest_labels(path: str | Path) -> dict[int, str] | None:
         raise ManifestError(
             f"{sidecar}: 'labels' must map integer class values to names, got {labels!r}"
         ) from None
+
+
+def validate_manifest(path: str | Path, **kwargs: Any) -> Any:
+    """Check a manifest and the files it names; see :func:`unet_med.data.validation.validate_manifest`."""
+    from unet_med.data.validation import validate_manifest as _validate
+
+    return _validate(path, **kwargs)
