@@ -42,6 +42,7 @@ __all__ = [
     "git_commit",
     "run_name_for",
     "MLflowTracker",
+    "log_evaluation",
     "RUN_FILE",
 ]
 
@@ -442,3 +443,49 @@ class MLflowTracker:
         if self.client is None or self.run_id is None:
             return
         self.client.log_dict(self.run_id, _jsonable(dict(data)), artifact_file)
+
+
+def log_evaluation(
+    *,
+    csv_path: str | os.PathLike,
+    metrics: Mapping[str, float],
+    output_dir: str | os.PathLike,
+    bundle_name: str,
+    preset: str = "unknown",
+    bundle_version: str = "0.0.0",
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> str:
+    """Record an evaluation as its own MLflow run (``<bundle>-<preset>-eval-<time>``) with the
+    summary ``metrics``, ``params`` and the per-case CSV as artifact ``evaluation/``; linked to
+    the training run of ``output_dir`` by the tag ``unet_med.training_run_id`` when that run is
+    known. Returns the run id."""
+    from mlflow.entities import Metric, Param
+
+    uri = resolve_tracking_uri(tracking_uri, output_dir)
+    check_tracking_uri(uri)
+    client = prepare_store(uri)
+    experiment = experiment_name or bundle_name
+    experiment_id = get_or_create_experiment(client, experiment, artifact_location_for(uri))
+    tags = {
+        "bundle.name": bundle_name,
+        "bundle.version": str(bundle_version),
+        "net.preset": preset,
+        "git.commit": git_commit() or "unknown",
+        "unet_med.run_kind": "evaluation",
+    }
+    run_file = Path(output_dir) / RUN_FILE
+    if run_file.is_file():
+        tags["unet_med.training_run_id"] = json.loads(run_file.read_text()).get("run_id", "")
+    name = run_name_for(bundle_name, f"{preset}-eval")
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    stamp = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v == v],  # NaN: not logged
+        params=[Param(k, _param_value(v)) for k, v in (params or {}).items()],
+    )
+    client.log_artifact(run.info.run_id, str(csv_path), "evaluation")
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
