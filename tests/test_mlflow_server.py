@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -14,13 +15,22 @@ import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
+from matplotlib import colors
+from matplotlib.image import imread
 
 from pipelines.cli import main
 from pipelines.mlflow_server import TrackingServer, TrackingServerError, port_in_use
 from unet_med.tracking_store import free_loopback_port
 
 pytestmark = pytest.mark.slow
+
+
+def _has_colour(image: np.ndarray, colour: str) -> bool:
+    rgb = np.array(colors.to_rgb(colour))
+    return bool((np.abs(image[..., :3] - rgb).max(axis=-1) < 0.02).any())
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +94,7 @@ def test_server_binds_loopback_and_stores_runs_and_proxied_artifacts(server, tmp
 
     srv, root = server, server.root
     client = MlflowClient(srv.url)
-    experiment = client.create_experiment("unet2d_paper")
+    experiment = client.create_experiment("plain_api")
     run_ids = []
     for width, dice in ((8, [0.3, 0.5]), (16, [0.4, 0.8])):
         run = client.create_run(experiment, run_name=f"unet2d_paper-paper-w{width}")
@@ -111,7 +121,7 @@ def test_server_binds_loopback_and_stores_runs_and_proxied_artifacts(server, tmp
     png = tmp_path / "curves.png"
     capsys.readouterr()  # MLflow prints "View run ..." links when runs end
     code = main(
-        ["runs", "compare", "--tracking-uri", srv.url, "--experiment", "unet2d_paper", "--plot", str(png)]
+        ["runs", "compare", "--tracking-uri", srv.url, "--experiment", "plain_api", "--plot", str(png)]
     )
     out = capsys.readouterr().out
     assert code == 0 and png.stat().st_size > 0
@@ -145,3 +155,111 @@ def test_server_that_exits_early_is_reported(tmp_path):
     with pytest.raises(TrackingServerError, match="exited with code"):
         server.start(ready_timeout_s=60)
     assert server.process is None
+
+
+CONTRACT_PARAMS = {
+    "net.preset",
+    "net.base_width",
+    "net.padding",
+    "net.spatial_dims",
+    "net.in_channels",
+    "net.out_channels",
+    "optim.name",
+    "optim.lr",
+    "optim.momentum",
+    "loss.name",
+    "data.manifest",
+    "data.manifest_sha256",
+    "data.patch_size",
+    "data.input_patch_size",
+    "train.epochs",
+    "train.batch_size",
+    "train.seed",
+    "train.amp",
+}
+CONTRACT_EPOCH_METRICS = {
+    "val_mean_dice",
+    "best_val_mean_dice",
+    "best_epoch",
+    "epoch_time_s",
+    "samples_per_s",
+    "peak_memory_mb",
+    "val_dice_cell",
+    "val_dice_dense_cell",
+}
+CONTRACT_TAGS = {"bundle.name", "bundle.version", "net.preset", "git.commit", "host.device"}
+
+
+def test_two_bundle_trainings_over_http_are_complete_and_compare(server, tmp_path, capsys):
+    """Two tiny trainings of the 2D paper bundle with different widths and learning rates, at the same
+    time, against the server; both runs carry the promised params, metrics, tags and artifacts, and
+    ``unet-med runs compare`` lists them best first and draws both curves."""
+    from mlflow.tracking import MlflowClient
+    from runs_training import demo_manifest, start_training
+
+    manifest = demo_manifest(tmp_path / "data")
+    settings = {"w4": ["--base_width", "4", "--lr", "0.01"], "w8": ["--base_width", "8", "--lr", "0.05"]}
+    trainings = {
+        name: start_training(tmp_path / name, manifest, ["--tracking_uri", server.url, *extra])
+        for name, extra in settings.items()
+    }
+    for training in trainings.values():
+        training.finish(timeout_s=400)
+
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name("unet2d_paper")  # default experiment: the bundle name
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    by_width = {run.data.params["net.base_width"]: run for run in runs}
+    assert set(by_width) == {"4", "8"}
+    assert {by_width["4"].data.params["optim.lr"], by_width["8"].data.params["optim.lr"]} == {"0.01", "0.05"}
+    for run in runs:
+        run_id = run.info.run_id
+        assert run.info.status == "FINISHED"
+        assert re.fullmatch(r"unet2d_paper-paper-\d{8}-\d{6}", run.info.run_name)
+        assert CONTRACT_PARAMS <= set(run.data.params)
+        assert any(key.startswith("aug.") for key in run.data.params)
+        assert CONTRACT_EPOCH_METRICS | {"train_loss"} <= set(run.data.metrics)
+        assert CONTRACT_TAGS <= set(run.data.tags) and run.data.tags["bundle.name"] == "unet2d_paper"
+        assert [m.step for m in client.get_metric_history(run_id, "val_mean_dice")] == [1, 2]  # step = epoch
+        loss_steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+        assert loss_steps == list(range(1, len(loss_steps) + 1)) and len(loss_steps) >= 2  # step = iteration
+        # artifacts were proxied into the server's artifact folder
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+        config = json.loads(
+            open(
+                client.download_artifacts(run_id, "config/resolved_config.json", str(tmp_path / run_id))
+            ).read()
+        )
+        assert str(config["base_width"]) == run.data.params["net.base_width"]
+        assert "models/model.pt" in [f.path for f in client.list_artifacts(run_id, "models")]
+        assert list(server.root.glob(f"mlartifacts/*/{run_id}/artifacts/models/model.pt"))
+
+    capsys.readouterr()
+    table_csv, png = tmp_path / "compare.csv", tmp_path / "compare.png"
+    code = main(
+        [
+            "runs",
+            "compare",
+            "--tracking-uri",
+            server.url,
+            "--experiment",
+            "unet2d_paper",
+            "--csv",
+            str(table_csv),
+            "--plot",
+            str(png),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    table = pd.read_csv(table_csv)
+    assert set(table["run_id"]) == {run.info.run_id for run in runs}
+    best = table["best_val_mean_dice"].tolist()
+    assert best == sorted(best, reverse=True)
+    positions = [out.index(run_id[:8]) for run_id in table["run_id"]]
+    assert positions == sorted(positions)
+    assert "net.base_width" in table.columns and "optim.lr" in table.columns
+    assert "net.preset" not in table.columns  # the same in both runs
+    image = imread(png)
+    assert _has_colour(image, "C0") and _has_colour(image, "C1")
