@@ -81,6 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="merge OUT_DIR/report.part-*.csv into OUT_DIR/report.csv and exit",
     )
+    parser.add_argument(
+        "--track",
+        action="store_true",
+        help="log this batch as an MLflow run linked to the training run of the checkpoint "
+        "(tag unet_med.training_run_id), in that training's store unless --tracking-uri is given",
+    )
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store for --track (default: training's)")
+    parser.add_argument("--experiment", default=None, help="experiment for --track (default: the training's)")
     parser.set_defaults(handler=run)
 
 
@@ -545,6 +553,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
         raise UsageError(f"no NIfTI files or DICOM series found under {args.input}{skipped}")
     bundle = load_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, tta=args.tta)
+    tracking = _plan_tracking(args) if args.track else None
     failures = discovery_failures(discovery.skipped)
     mine = _select_part([s.scan_id for s in discovery.scans] + [r["scan_id"] for r in failures],
                         args.num_parts, args.part_id)
@@ -569,4 +578,32 @@ def _run(args: argparse.Namespace) -> int:
         f"{len(result.rows)} scans{part}: {counts['ok']} ok, {counts['failed']} failed, "
         f"{counts['skipped']} skipped in {result.seconds:.1f} s; report: {report_path}"
     )
+    if tracking is not None:
+        from unet_med.inference_tracking import log_inference_run
+
+        run_id = log_inference_run(
+            tracking, bundle_name=bundle.name, bundle_version=bundle.version,
+            checkpoint=_checkpoint_path(args), report_path=report_path, status_counts=counts,
+            seconds=result.seconds,
+            params={"infer.tta": args.tta, "infer.num_parts": args.num_parts, "infer.part_id": args.part_id},
+        )
+        print(f"MLflow run {run_id} in {tracking.tracking_uri}")
     return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _checkpoint_path(args: argparse.Namespace) -> Path:
+    return args.checkpoint or args.bundle / "models" / "model.pt"
+
+
+def _plan_tracking(args: argparse.Namespace):
+    """Where ``--track`` logs; checked before any scan is segmented (an unreachable store is a
+    usage error, exit 2)."""
+    from unet_med.inference_tracking import plan_inference_tracking
+    from unet_med.tracking_store import TrackingStoreError
+
+    try:
+        return plan_inference_tracking(
+            _checkpoint_path(args), tracking_uri=args.tracking_uri, experiment_name=args.experiment
+        )
+    except TrackingStoreError as exc:
+        raise UsageError(str(exc)) from None

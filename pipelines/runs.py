@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--filter", default="", help="MLflow search filter, e.g. \"params.`net.preset` = 'paper'\""
     )
+    compare.add_argument(
+        "--kind",
+        choices=("training", "evaluation", "inference", "all"),
+        default="training",
+        help="which runs to list (tag unet_med.run_kind; default: training runs)",
+    )
     compare.add_argument("--max-runs", type=int, default=None, help="keep only the best N runs")
     compare.add_argument("--csv", default=None, help="also write the table to this CSV file")
     compare.add_argument(
@@ -110,6 +116,7 @@ def compare(args: argparse.Namespace) -> int:
             goal=args.goal,
             filter_string=args.filter,
             run_ids=args.run_ids,
+            kind=None if args.kind == "all" else args.kind,
             max_runs=args.max_runs,
             timeout_s=args.timeout,
         )

@@ -100,6 +100,14 @@ def store(tmp_path_factory):
             status="FAILED",
         ),
     }
+    evaluation = client.create_run(
+        paper,
+        run_name="unet2d_paper-paper-eval",
+        tags={"unet_med.run_kind": "evaluation", "unet_med.training_run_id": ids["wide"]},
+    )
+    client.log_metric(evaluation.info.run_id, "test_mean_dice", 0.66)
+    client.set_terminated(evaluation.info.run_id)
+    ids["evaluation"] = evaluation.info.run_id
     return {"root": root, "uri": uri, "ids": ids}
 
 
@@ -118,6 +126,16 @@ def test_rows_best_first_missing_metric_last_and_only_differing_params(store):
     crashed_line = comparison.to_text().splitlines()[3]
     assert ids["crashed"][:8] in crashed_line and "nan" not in crashed_line.lower()
     assert "val_dice_cell" in table.columns
+
+
+def test_evaluation_runs_are_listed_apart_from_training_runs(store):
+    ids = store["ids"]
+    # the default table (training runs) left the evaluation run out, see the test above
+    comparison = compare_runs(store["uri"], "unet2d_paper", kind="evaluation", metric="test_mean_dice")
+    assert comparison.table["run_id"].tolist() == [ids["evaluation"]]
+    assert comparison.table["test_mean_dice"].tolist() == [0.66]
+    everything = compare_runs(store["uri"], "unet2d_paper", kind=None)
+    assert set(everything.table["run_id"]) == set(ids.values())
 
 
 def test_lower_is_better_metrics_sort_ascending(store):

@@ -36,6 +36,8 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "samples_per_s",
     "peak_memory_mb",
 )
+#: Tag telling evaluation and inference runs from training runs (which do not carry it).
+RUN_KIND_TAG = "unet_med.run_kind"
 # Substrings of metric names where a smaller value is better (losses, times, memory, distances).
 _LOWER_IS_BETTER = ("loss", "time_s", "memory_mb", "error", "hausdorff", "distance")
 
@@ -135,6 +137,7 @@ def compare_runs(
     goal: Goal | None = None,
     filter_string: str = "",
     run_ids: list[str] | None = None,
+    kind: str | None = "training",
     max_runs: int | None = None,
     timeout_s: float = 5.0,
 ) -> RunComparison:
@@ -148,6 +151,8 @@ def compare_runs(
         metric: metric to sort by; ``goal`` defaults to :func:`metric_goal` of it.
         filter_string: MLflow search filter, e.g. ``"params.`net.preset` = 'paper'"``.
         run_ids: keep only these runs (full ids or unique prefixes).
+        kind: keep only runs of this kind (tag ``unet_med.run_kind``: ``"evaluation"``,
+            ``"inference"``; runs without the tag are ``"training"``); None keeps all.
         max_runs: keep the best ``max_runs`` rows after sorting.
 
     Raises:
@@ -166,6 +171,9 @@ def compare_runs(
         runs = mlflow.search_runs(
             experiment_ids=[found.experiment_id], filter_string=filter_string, output_format="pandas"
         )
+    if kind is not None and not runs.empty:
+        kinds = runs.get(f"tags.{RUN_KIND_TAG}", pd.Series([None] * len(runs), index=runs.index))
+        runs = runs[kinds.fillna("training") == kind]
     runs = _select_runs(runs, run_ids, experiment)
     if runs.empty:  # search_runs returns a frame without columns when there is no run
         runs = pd.DataFrame(columns=["run_id", "status", "tags.mlflow.runName"])
@@ -182,11 +190,15 @@ def compare_runs(
     if max_runs is not None:
         runs = runs.head(max_runs)
 
-    shown_metrics = [metric] + [m for m in SUMMARY_METRICS if m != metric and f"metrics.{m}" in runs.columns]
+    def logged_by_some_run(name: str) -> bool:  # search_runs has columns for every run of the experiment
+        column = f"metrics.{name}"
+        return column in runs.columns and bool(runs[column].notna().any())
+
+    shown_metrics = [metric] + [m for m in SUMMARY_METRICS if m != metric and logged_by_some_run(m)]
     shown_metrics += [
-        c.removeprefix("metrics.")
-        for c in sorted(runs.columns)
-        if c.startswith("metrics.val_dice_") and c.removeprefix("metrics.") not in shown_metrics
+        name
+        for name in sorted(c.removeprefix("metrics.") for c in runs.columns)
+        if name.startswith("val_dice_") and name not in shown_metrics and logged_by_some_run(name)
     ]
     varying = differing_params(runs)
 
