@@ -168,9 +168,8 @@ def test_inference_chain_inverts_to_the_input_geometry(tmp_path, spacing, min_di
     pre = inference_transforms(spacing=spacing, crop_foreground=True, foreground_margin=1)
     data = pre({"image": str(path)})
     assert tuple(data["image"].shape[1:]) != shape
-    data["pred"] = (data["image"] > 0.3).float()  # halfway between air (0) and body (0.6)
-    data["pred"].meta = data["image"].meta
-    data["pred"].applied_operations = data["image"].applied_operations
+    # A plain tensor, as an inferer returns; threshold halfway between air (0) and body (0.6).
+    data["pred"] = (data["image"].as_tensor() > 0.3).float()
     pred = prediction_inversion_transforms(pre)(data)["pred"]
     assert tuple(pred.shape) == (1, *shape)
     assert np.allclose(np.asarray(pred.affine), affine, atol=1e-5)

@@ -564,12 +564,16 @@ def prediction_inversion_transforms(
 ) -> Compose:
     """``Invertd`` of ``preprocessing`` for ``pred_key``: back to the geometry ``orig_key`` was loaded in.
 
-    ``nearest=True`` for class maps (argmax already taken), False for probabilities.
+    ``pred_key`` may hold a plain tensor (e.g. an inferer's output, channel-first, the
+    preprocessed image's spatial size): it is made a MetaTensor first, and ``Invertd`` replays
+    the inverse of the operations recorded on ``orig_key``. ``nearest=True`` for class maps
+    (argmax already taken), False for probabilities.
     """
     return Compose(
         [
+            EnsureTyped(pred_key, track_meta=True),
             Invertd(
                 pred_key, transform=preprocessing, orig_keys=orig_key, nearest_interp=nearest, to_tensor=True
-            )
+            ),
         ]
     )
