@@ -30,8 +30,10 @@ image: the input is read tile by tile without a padded copy.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,8 @@ from monai.data.utils import compute_importance_map
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from unet_med.networks.shapes import UNetShapeSpec, context_margin, min_input_size, valid_output_size
 
@@ -145,6 +149,35 @@ class _Geometry:
         return valid_output_size(tuple(input_size), self.spec)
 
 
+class _PeakMemory(TorchDispatchMode):
+    """Peak bytes of live tensors created by the operations run inside it.
+
+    Written here because PyTorch reports peak memory only for CUDA (``max_memory_allocated``);
+    this works on every device, including ``meta``. A tensor counts from the operation that
+    creates it until its Python object is collected (views and in-place results are not new).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and not t._is_view() and id(t) not in self._sizes:
+                size = t.numel() * t.element_size()
+                self._sizes[id(t)] = size
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, id(t))
+        return out
+
+
 class OverlapTileInferer(Inferer):
     """Overlap-tile sliding-window inference for valid (and same) padding U-Nets.
 
@@ -156,9 +189,9 @@ class OverlapTileInferer(Inferer):
             axis; ``None``, 0 or -1 on an axis means the whole axis. Rounded up to a legal tile and
             capped at the image. ``None`` (the default) picks the tile from ``memory_budget_mb``.
         memory_budget_mb: MiB allowed for one window batch (input tiles, activations, output
-            tiles) when ``output_tile_size`` is ``None``; default 1024. The activation size per
-            voxel is measured once per network by a forward pass on the smallest tile and summing
-            every layer's output, an upper bound (PyTorch frees many of them early).
+            tiles) when ``output_tile_size`` is ``None``; default 1024. The peak bytes per voxel
+            are measured once per network by tracking live tensors through a forward pass on a
+            small tile (on the ``meta`` device: no compute).
         overlap: fraction (0 <= overlap < 1) of the output tile shared by neighbouring tiles,
             on top of the few voxels that the pooling grid makes them share anyway.
         blend_mode: ``"constant"`` or ``"gaussian"`` weighting of overlapping tiles.
@@ -240,8 +273,7 @@ class OverlapTileInferer(Inferer):
                 strides.append(out)
                 starts.append((0,))
                 continue
-            step = int(out * (1.0 - self.overlap)) // geo.period * geo.period
-            step = max(step, geo.period)
+            step = self._step(out, geo.period)
             count = -(-(n - out) // step) + 1
             strides.append(step)
             starts.append(tuple(i * step for i in range(count)))
@@ -260,6 +292,27 @@ class OverlapTileInferer(Inferer):
             wanted.append(n if r >= n else min(max(r, geo.period), n))
         return tuple(wanted)
 
+    def _step(self, output: int, period: int) -> int:
+        """Grid step for an output tile: the overlap taken off, a multiple of the pooling period."""
+        return max(period, int(output * (1.0 - self.overlap)) // period * period)
+
+    def _axis_options(self, n: int, geo: _Geometry, max_tiles: int = 32) -> list[tuple[int, int, int]]:
+        """(tile count, output tile, input tile) along an axis of ``n`` voxels: for each count,
+        the smallest legal tile that covers the axis with that many tiles."""
+        best: dict[int, tuple[int, int, int]] = {}
+        for count in range(1, max_tiles + 1):
+            out = n if count == 1 else max(geo.period, -(-n // count))
+            while count > 1 and (count - 1) * self._step(out, geo.period) + out < n:
+                out += 1
+            size_in = geo.input_for_output((out,))[0]
+            size_out = geo.output_for_input((size_in,))[0]
+            real = 1 if size_out >= n else -(-(n - size_out) // self._step(size_out, geo.period)) + 1
+            if real not in best or size_in < best[real][2]:
+                best[real] = (real, out, size_in)
+            if out <= geo.period:
+                break
+        return sorted(best.values())
+
     def _tile_from_budget(
         self,
         image_size: tuple[int, ...],
@@ -269,57 +322,59 @@ class OverlapTileInferer(Inferer):
         budget_bytes: float,
         sw_device: torch.device | None,
     ) -> tuple[int, ...]:
-        """Grow the output tile from one pooling period per axis, smallest axis first, while one
-        window batch stays within ``budget_bytes``."""
+        """The output tile that predicts the image with the fewest input voxels in total (the
+        compute, context margins included) while one window batch fits ``budget_bytes``; the
+        smallest window when none fits."""
         per_voxel = self._activation_bytes_per_voxel(network, geo, in_channels, sw_device)
-
-        def cost(out: Sequence[int]) -> float:
-            return self.sw_batch_size * math.prod(geo.input_for_output(out)) * per_voxel
-
-        tile = [min(geo.period, n) for n in image_size]
-        growing = [t < n for t, n in zip(tile, image_size)]
-        while any(growing):
-            axis = min((i for i, g in enumerate(growing) if g), key=lambda i: (tile[i], -image_size[i]))
-            trial = list(tile)
-            trial[axis] = min(tile[axis] + geo.period, image_size[axis])
-            if cost(trial) > budget_bytes:
-                growing[axis] = False
-                continue
-            tile = trial
-            growing[axis] = tile[axis] < image_size[axis]
-        return tuple(tile)
+        options = [self._axis_options(n, geo) for n in image_size]
+        best, best_key = None, None
+        for combo in itertools.product(*options):
+            window = math.prod(o[2] for o in combo)
+            memory = self.sw_batch_size * window * per_voxel
+            fits = memory <= budget_bytes
+            key = (not fits, math.prod(o[0] for o in combo) * window if fits else memory)
+            if best_key is None or key < best_key:
+                best, best_key = combo, key
+        assert best is not None
+        return tuple(o[1] for o in best)
 
     def _activation_bytes_per_voxel(
         self, network: Callable, geo: _Geometry, in_channels: int, sw_device: torch.device | None
     ) -> float:
-        """Bytes of every layer output per input-tile voxel, from one forward pass on a small tile
-        (leaf-module forward hooks; an upper bound of the live activations)."""
+        """Peak bytes of one window per input-tile voxel (input, live activations, output).
+
+        Measured once per network by :class:`_PeakMemory` on a small tile, on the ``meta`` device
+        when the network can be copied there (shapes only, no compute), else on ``sw_device``.
+        The peak per voxel barely depends on the tile size (within 5% from 100^3 to 188^3 for the
+        3D U-Net), and 10% is added for allocator slack.
+        """
         key = (id(network), in_channels, geo.spatial_dims)
         if key in self._bytes_per_voxel:
             return self._bytes_per_voxel[key]
         probe_size = geo.input_for_output((max(geo.period, 8),) * geo.spatial_dims)
-        device = sw_device or _parameter_device(network) or torch.device("cpu")
         dtype = _parameter_dtype(network) or torch.float32
-        total = [0]
-
-        def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                total[0] += output.numel() * output.element_size()
-
-        handles = []
+        candidates: list[tuple[Callable, torch.device]] = []
         if isinstance(network, nn.Module):
-            handles = [m.register_forward_hook(count) for m in network.modules() if not list(m.children())]
-        try:
-            with torch.no_grad():
-                probe = torch.zeros((1, in_channels, *probe_size), device=device, dtype=dtype)
-                out = network(probe)
-        finally:
-            for h in handles:
-                h.remove()
-        if not handles:  # not an nn.Module: count input and output only
-            total[0] = probe.numel() * probe.element_size() + out.numel() * out.element_size()
-        total[0] += probe.numel() * probe.element_size()
-        value = total[0] / math.prod(probe_size)
+            try:
+                candidates.append((copy.deepcopy(network).to("meta"), torch.device("meta")))
+            except Exception:  # networks that cannot be copied or moved: measure for real
+                pass
+        candidates.append((network, sw_device or _parameter_device(network) or torch.device("cpu")))
+        peak = None
+        for net, device in candidates:
+            tracker = _PeakMemory()
+            try:
+                with torch.no_grad():
+                    probe = torch.zeros((1, in_channels, *probe_size), device=device, dtype=dtype)
+                    with tracker:
+                        net(probe)
+            except Exception:
+                if device.type == "meta":
+                    continue
+                raise
+            peak = tracker.peak + probe.numel() * probe.element_size()
+            break
+        value = 1.1 * float(peak) / math.prod(probe_size)
         self._bytes_per_voxel[key] = value
         return value
 
