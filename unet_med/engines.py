@@ -177,7 +177,12 @@ class TrainingCheckpoint:
     def _last_state(self, engine) -> dict:
         state = {
             "network": _unwrap(self.network).state_dict(),
-            "trainer": engine.state_dict(),
+            "trainer": {
+                "epoch": int(engine.state.epoch),
+                "iteration": int(engine.state.iteration),
+                "epoch_length": int(engine.state.epoch_length),
+                "max_epochs": int(engine.state.max_epochs),
+            },
             "best_metric": float(self.best_metric),
             "best_epoch": int(self.best_epoch),
         }
@@ -567,10 +572,8 @@ def prepare_manifest(
 
 
 def _require_valid_manifest(manifest: Path) -> None:
-    try:
-        from unet_med.data.manifest import validate_manifest
-    except ImportError:  # the manifest module is optional for bundles fed by other datalists
-        return
+    from unet_med.data.manifest import validate_manifest
+
     report = validate_manifest(manifest)
     if not report.ok:
         raise ValueError(f"invalid manifest {manifest}:\n{report.summary()}")

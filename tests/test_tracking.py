@@ -1,0 +1,135 @@
+"""MLflow tracking of a training: store resolution, fail-fast checks, one run shared by trainer
+and evaluator with the contract's names, continued on resume."""
+
+import json
+import time
+
+import mlflow
+import pytest
+import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import MeanDice, ValidationHandler, from_engine
+from monai.transforms import AsDiscreted, Compose
+from torch.utils.data import DataLoader
+
+from unet_med.tracking import (
+    MLflowTracker,
+    TrackingStoreError,
+    check_tracking_uri,
+    default_tracking_uri,
+    resolve_tracking_uri,
+)
+from unet_med.tracking_store import free_loopback_port
+
+
+def test_default_store_is_sqlite_in_the_output_folder_and_file_paths_are_refused(tmp_path):
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_tracking_uri("", tmp_path) == default_tracking_uri(tmp_path)
+    assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    for bad in (str(tmp_path / "mlruns"), f"file://{tmp_path}/mlruns"):
+        with pytest.raises(TrackingStoreError, match="no longer supports the file store.*sqlite:///"):
+            resolve_tracking_uri(bad, tmp_path)
+
+
+def test_unreachable_server_fails_within_seconds_with_a_clear_message():
+    uri = f"http://127.0.0.1:{free_loopback_port()}"
+    start = time.monotonic()
+    with pytest.raises(TrackingStoreError, match="cannot reach the MLflow tracking server"):
+        check_tracking_uri(uri, timeout_s=2)
+    assert time.monotonic() - start < 10
+
+
+def test_unwritable_store_folder_is_refused(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    with pytest.raises(TrackingStoreError, match="not writable"):
+        check_tracking_uri(f"sqlite:///{blocker}/sub/mlflow.db")
+
+
+def _engines(tracker, epochs):
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 3, padding=1)
+    data = [{"image": torch.rand(1, 8, 8), "label": torch.randint(0, 3, (1, 8, 8))} for _ in range(3)]
+    pred_label = from_engine(["pred", "label"])
+    post = Compose([AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=[3, 3])])
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(data[:2], batch_size=1),
+        network=net,
+        postprocessing=post,
+        key_val_metric={"val_mean_dice": MeanDice(include_background=False, output_transform=pred_label)},
+        additional_metrics={
+            "val_dice_per_class": MeanDice(
+                include_background=False, reduction="mean_batch", output_transform=pred_label
+            )
+        },
+        val_handlers=[tracker],
+    )
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=DataLoader(data, batch_size=1),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        loss_function=torch.nn.CrossEntropyLoss(),
+        prepare_batch=lambda batch, device, non_blocking, **kw: (batch["image"], batch["label"][:, 0]),
+        decollate=False,
+        train_handlers=[ValidationHandler(1, evaluator), tracker],
+    )
+    return trainer
+
+
+def _tracker(out, resume=False):
+    return MLflowTracker(
+        out,
+        bundle_name="tiny_bundle",
+        bundle_version="1.2.3",
+        preset="paper",
+        params={"net.preset": "paper", "optim.lr": 0.1, "data.patch_size": [84, 84]},
+        class_names=["background", "cell", "dense_cell"],
+        resume=resume,
+        config={"epochs": 2, "network_def": {"_target_": "unet_med.networks.create_unet"}},
+        flush_every=2,
+    )
+
+
+def test_one_run_holds_params_tags_per_iteration_loss_and_per_epoch_dice(tmp_path):
+    tracker = _tracker(tmp_path)
+    _engines(tracker, epochs=2).run()
+
+    client = mlflow.MlflowClient(default_tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name("tiny_bundle")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    prefix = "tiny_bundle-paper-"
+    assert run.info.run_name.startswith(prefix) and len(run.info.run_name) == len(prefix) + 15  # time stamp
+    assert run.data.params == {"net.preset": "paper", "optim.lr": "0.1", "data.patch_size": "[84, 84]"}
+    tags = run.data.tags
+    assert (tags["bundle.name"], tags["bundle.version"], tags["net.preset"], tags["host.device"]) == (
+        "tiny_bundle", "1.2.3", "paper", "cpu",
+    )
+    assert tags["git.commit"]
+    loss_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert loss_steps == [1, 2, 3, 4, 5, 6]
+    for key in ("val_mean_dice", "val_dice_cell", "val_dice_dense_cell", "best_val_mean_dice", "best_epoch",
+                "epoch_time_s", "samples_per_s", "peak_memory_mb"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    dice = [m.value for m in client.get_metric_history(run.info.run_id, "val_mean_dice")]
+    assert run.data.metrics["best_val_mean_dice"] == pytest.approx(max(dice))
+    config = json.loads((tmp_path / "mlartifacts" / run.info.run_id / "artifacts" / "config"
+                         / "resolved_config.json").read_text())
+    assert config["network_def"]["_target_"] == "unet_med.networks.create_unet"
+    assert json.loads((tmp_path / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    _engines(_tracker(tmp_path), epochs=1).run()
+    resumed = _tracker(tmp_path, resume=True)
+    _engines(resumed, epochs=1).run()
+    client = mlflow.MlflowClient(default_tracking_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("tiny_bundle").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == resumed.run_id
+    assert runs[0].data.tags["unet_med.resumed"] == "1"
+    fresh = _tracker(tmp_path, resume=False)
+    _engines(fresh, epochs=1).run()
+    assert fresh.run_id != resumed.run_id
