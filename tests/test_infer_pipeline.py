@@ -279,3 +279,41 @@ def test_output_paths_never_leave_the_output_folder(bundle, scans_dir, tmp_path)
     assert result.rows[0]["status"] == "ok"
     assert [p.parent for p in out.rglob("*_seg.nii.gz")] == [out]
     assert not (tmp_path.parent / "escape_seg.nii.gz").exists()
+
+
+def test_next_scan_loads_in_the_background_while_the_current_one_is_predicted(
+    bundle, scans_dir, tmp_path, monkeypatch
+):
+    import threading
+    import time
+
+    import pipelines.infer as infer
+
+    events = []
+    real_prepare, real_segment = infer.prepare_scan, infer.segment_prepared
+
+    def prepare(scan, b):
+        events.append(("load", scan.scan_id, threading.current_thread().name, time.perf_counter()))
+        return real_prepare(scan, b)
+
+    def segment(prepared, b, name):
+        events.append(("predict-start", name, threading.current_thread().name, time.perf_counter()))
+        time.sleep(0.3)
+        result = real_segment(prepared, b, name)
+        events.append(("predict-end", name, threading.current_thread().name, time.perf_counter()))
+        return result
+
+    monkeypatch.setattr(infer, "prepare_scan", prepare)
+    monkeypatch.setattr(infer, "segment_prepared", segment)
+    scans = [
+        _Scan("a", "ct_a.nii.gz", [scans_dir / "ct_a.nii.gz"]),
+        _Scan("b", "sub/ct_b.nii.gz", [scans_dir / "sub" / "ct_b.nii.gz"]),
+    ]
+    out = tmp_path / "out"
+    loaded = load_bundle(bundle)
+    result = segment_scans(scans, loaded, out, report_path=out / "r.csv", qc=False, progress=False)
+    assert [r["status"] for r in result.rows] == ["ok", "ok"]
+    loads = [e for e in events if e[0] == "load"]
+    assert all(e[2].startswith("scan-loader") for e in loads)  # never on the predicting thread
+    first_end = next(e[3] for e in events if e[0] == "predict-end")
+    assert loads[1][3] < first_end  # scan b was loading while scan a was predicted
