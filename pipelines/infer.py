@@ -75,6 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-parts", type=int, default=1, help="split the scans into N parts (default 1)")
     parser.add_argument("--part-id", type=int, default=0, help="which part (0 .. N-1) this run segments")
     parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="MANIFEST",
+        default=None,
+        help="manifest CSV with reference labels: adds dice_<label> columns and prints the mean Dice",
+    )
+    parser.add_argument(
+        "--split", default=None, help="with --reference: segment only the scans of this split (e.g. test)"
+    )
+    parser.add_argument(
         "--merge-reports",
         type=Path,
         metavar="OUT_DIR",
@@ -400,25 +410,44 @@ def segment_scans(
     overwrite: bool = False,
     progress: bool = True,
     extra_rows: Sequence[Mapping[str, Any]] = (),
+    references: Mapping[str, Path] | None = None,
 ) -> BatchResult:
-    """Segment ``scans`` into ``out_dir``, rewriting ``report_path`` after every scan."""
+    """Segment ``scans`` into ``out_dir``, rewriting ``report_path`` after every scan.
+
+    ``references`` ({scan_id: reference label file}) adds ``dice_<label>`` to those scans' rows.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
+    import numpy as np
     from tqdm import tqdm
 
     from unet_med import __version__
     from unet_med.data.loading import dicom_series_files
     from unet_med.data.writing import save_nifti
     from unet_med.dicom_seg import write_dicom_seg
-    from unet_med.reporting import label_volumes, save_qc_picture, write_report
+    from unet_med.reporting import label_dice, label_volumes, save_qc_picture, write_report
 
     start = time.perf_counter()
     result = BatchResult(rows=[dict(r) for r in extra_rows])
     bar = tqdm(total=len(scans), unit="scan", desc="infer", disable=not progress, file=sys.stderr)
 
+    dice = references is not None
+
+    def agreement(scan_id: str, labels: Any) -> dict[str, Any]:
+        """Dice against the reference label map, or a note in ``error`` when it cannot be read."""
+        if not references or scan_id not in references:
+            return {}
+        from unet_med.data.loading import load_image
+
+        try:
+            reference = load_image(references[scan_id])[0].numpy()
+            return label_dice(labels, np.rint(reference), bundle.labels)
+        except Exception as exc:
+            return {"error": f"reference {references[scan_id]}: {_one_line(exc)}"}
+
     def finish(row: dict[str, Any]) -> None:
         result.rows.append(row)
-        write_report(result.rows, report_path, bundle.labels)
+        write_report(result.rows, report_path, bundle.labels, dice=dice)
         bar.update(1)
         if row["status"] == "failed":
             bar.write(f"failed: {row['scan_id']}: {row['error']}", file=sys.stderr)
@@ -436,7 +465,8 @@ def segment_scans(
         if done is not None and dicom_seg and scan.kind == "dicom":
             done = done if output_path(out_dir, scan.scan_id, "_seg.dcm").is_file() else None
         if done is not None:
-            finish({**row, "status": "skipped", **label_volumes(done[0], done[1], bundle.labels)})
+            volumes = label_volumes(done[0], done[1], bundle.labels)
+            finish({**row, "status": "skipped", **volumes, **agreement(scan.scan_id, done[0])})
         else:
             todo.append(scan)
 
@@ -465,13 +495,13 @@ def segment_scans(
                     )
                 save_nifti(labels, prepared.affine, output_path(out_dir, scan.scan_id, "_seg.nii.gz"))
                 volumes = label_volumes(labels, _voxel_size(prepared.affine, dims), bundle.labels)
-                row.update(status="ok", **volumes)
+                row.update(status="ok", **volumes, **agreement(scan.scan_id, labels))
             except Exception as exc:  # one bad scan must not stop the others
                 row.update(status="failed", error=_one_line(exc))
             row["seconds"] = round(time.perf_counter() - t0, 3)
             finish(row)
     bar.close()
-    write_report(result.rows, report_path, bundle.labels)  # also when every row came from discovery
+    write_report(result.rows, report_path, bundle.labels, dice=dice)  # also when all rows are discovery's
     result.seconds = time.perf_counter() - start
     return result
 
@@ -506,6 +536,47 @@ def discovery_failures(skipped: Sequence[Any]) -> list[dict[str, Any]]:
 def _select_part(ids: Sequence[str], num_parts: int, part_id: int) -> set[str]:
     """Every ``num_parts``-th id of the sorted ids, starting at ``part_id``."""
     return set(sorted(ids)[part_id::num_parts])
+
+
+def _manifest_references(
+    manifest: Path, split: str | None, scans: Sequence[Any], root: Path
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """({scan_id: reference label file}, {scan_id: image path}) for the scans that the manifest
+    (rows of ``split`` when given) lists: a NIfTI file by its path, a DICOM series by its folder."""
+    from unet_med.data.manifest import ManifestError, read_manifest
+
+    try:
+        frame = read_manifest(manifest)
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from None
+    if split is not None:
+        frame = frame[frame["split"] == split]
+        if frame.empty:
+            raise UsageError(f"{manifest}: no rows with split {split!r}")
+    rows = {Path(r.image).resolve(): r for r in frame.itertuples()}
+    references, listed = {}, {}
+    for scan in scans:
+        first = Path(scan.files[0]).resolve()
+        for key in (first, first.parent) if scan.kind == "dicom" else (first,):
+            if key in rows:
+                listed[scan.scan_id] = key
+                if rows[key].label:
+                    references[scan.scan_id] = Path(rows[key].label)
+                break
+    if split is not None and not listed:
+        raise UsageError(f"{manifest}: none of its {split!r} images is among the scans under {root}")
+    return references, listed
+
+
+def _mean_dice_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    import math
+
+    values = [
+        float(v) for r in rows for k, v in r.items()
+        if k.startswith("dice_") and v is not None and not math.isnan(float(v))
+    ]
+    scored = sum(1 for r in rows if any(k.startswith("dice_") for k in r))
+    return f"; mean Dice {sum(values) / len(values):.3f} over {scored} scans" if values else ""
 
 
 def _merge(out_dir: Path) -> int:
@@ -558,6 +629,12 @@ def _run(args: argparse.Namespace) -> int:
     mine = _select_part([s.scan_id for s in discovery.scans] + [r["scan_id"] for r in failures],
                         args.num_parts, args.part_id)
     scans = [s for s in discovery.scans if s.scan_id in mine]
+    references = None
+    if args.reference is not None:
+        references, listed = _manifest_references(args.reference, args.split, discovery.scans, args.input)
+        if args.split is not None:
+            scans = [s for s in scans if s.scan_id in listed]
+            failures = [r for r in failures if (args.input / r["source"]).resolve() in listed.values()]
     out_dir = args.output
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / part_report_name(args.part_id, args.num_parts)
@@ -571,12 +648,14 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=True,
         extra_rows=[r for r in failures if r["scan_id"] in mine],
+        references=references,
     )
     counts = report_summary([r["status"] for r in result.rows])
     part = f" (part {args.part_id} of {args.num_parts})" if args.num_parts > 1 else ""
     print(
         f"{len(result.rows)} scans{part}: {counts['ok']} ok, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped in {result.seconds:.1f} s; report: {report_path}"
+        f"{counts['skipped']} skipped in {result.seconds:.1f} s{_mean_dice_text(result.rows)}; "
+        f"report: {report_path}"
     )
     if tracking is not None:
         from unet_med.inference_tracking import log_inference_run

@@ -317,3 +317,43 @@ def test_next_scan_loads_in_the_background_while_the_current_one_is_predicted(
     assert all(e[2].startswith("scan-loader") for e in loads)  # never on the predicting thread
     first_end = next(e[3] for e in events if e[0] == "predict-end")
     assert loads[1][3] < first_end  # scan b was loading while scan a was predicted
+
+
+def test_reference_manifest_adds_dice_and_split_selects_scans(bundle, scans_dir, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _infer(bundle, scans_dir, first, "--no-qc") == 0
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    a_seg = first / "ct_a_seg.nii.gz"
+    (refs / "a.nii.gz").write_bytes(a_seg.read_bytes())  # the prediction itself: Dice 1
+    img = nib.load(str(a_seg))
+    save_nifti(np.zeros(img.shape, np.uint8), img.affine, refs / "b.nii.gz")  # empty: Dice 0
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(
+        {
+            "subject_id": ["a", "b"],
+            "image": [str(scans_dir / "ct_a.nii.gz"), str(scans_dir / "sub" / "ct_b.nii.gz")],
+            "label": ["refs/a.nii.gz", ""],
+            "split": ["test", "train"],
+        }
+    ).to_csv(manifest, index=False)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert _infer(bundle, scans_dir, out, "--no-qc", "--reference", str(manifest), "--split", "test") == 0
+    summary = capsys.readouterr().out
+    assert "1 scans: 1 ok" in summary and "mean Dice 1.000 over 1 scans" in summary
+    report = _report(out)
+    assert list(report["scan_id"]) == ["ct_a"]  # only the test split
+    assert report.loc[0, "dice_organ"] == pytest.approx(1.0)
+    assert np.isnan(report.loc[0, "dice_lesion"])  # absent from both
+    # a wrong reference gives Dice 0 for the predicted label
+    pd.DataFrame(
+        {"subject_id": ["a"], "image": [str(scans_dir / "ct_a.nii.gz")], "label": ["refs/b.nii.gz"],
+         "split": ["test"]}
+    ).to_csv(manifest, index=False)
+    out2 = tmp_path / "out2"
+    assert _infer(bundle, scans_dir, out2, "--no-qc", "--reference", str(manifest)) == 0
+    report = _report(out2).set_index("source")
+    assert len(report) == 3  # no --split: every scan, Dice where a reference exists
+    assert report.loc["ct_a.nii.gz", "dice_organ"] == pytest.approx(0.0)
+    assert np.isnan(report.loc["sub/ct_b.nii.gz", "dice_organ"])

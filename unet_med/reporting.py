@@ -23,6 +23,7 @@ __all__ = [
     "REPORT_NAME",
     "STATUSES",
     "label_column_name",
+    "label_dice",
     "label_volumes",
     "merge_reports",
     "part_report_name",
@@ -45,10 +46,42 @@ def label_column_name(name: str) -> str:
     return cleaned or "label"
 
 
-def report_columns(labels: Mapping[int, str]) -> list[str]:
-    """All report columns for the foreground ``labels`` ({value: name}, 0 = background excluded)."""
+def report_columns(labels: Mapping[int, str], *, dice: bool = False) -> list[str]:
+    """All report columns for the foreground ``labels`` ({value: name}, 0 = background excluded);
+    ``dice=True`` adds ``dice_<label>`` (agreement with reference label maps)."""
     names = [label_column_name(n) for v, n in sorted(labels.items()) if v != 0]
-    return BASE_COLUMNS + [f"voxels_{n}" for n in names] + [f"volume_ml_{n}" for n in names]
+    columns = BASE_COLUMNS + [f"voxels_{n}" for n in names] + [f"volume_ml_{n}" for n in names]
+    return columns + ([f"dice_{n}" for n in names] if dice else [])
+
+
+def label_dice(prediction: np.ndarray, reference: np.ndarray, labels: Mapping[int, str]) -> dict[str, float]:
+    """Dice per foreground label (``monai.metrics.compute_dice``) of two label maps on one grid;
+    NaN for a label absent from both.
+
+    Raises:
+        ValueError: when the shapes differ.
+    """
+    import torch
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
+    if np.shape(prediction) != np.shape(reference):
+        raise ValueError(
+            f"reference label map has shape {np.shape(reference)}, the prediction {np.shape(prediction)}"
+        )
+    n = max(labels) + 1
+    outside = sorted(set(np.unique(reference).astype(int).tolist()) - set(range(n)))
+    if outside:
+        raise ValueError(f"reference label values {outside} are not among the bundle's labels 0..{n - 1}")
+    pred = one_hot(torch.as_tensor(np.asarray(prediction, dtype=np.int64))[None, None], n)
+    ref = one_hot(torch.as_tensor(np.asarray(reference, dtype=np.int64))[None, None], n)
+    scores = compute_dice(pred, ref, include_background=True, ignore_empty=False)[0]
+    both_empty = (pred.sum(dim=tuple(range(2, pred.ndim))) + ref.sum(dim=tuple(range(2, ref.ndim))))[0] == 0
+    return {
+        f"dice_{label_column_name(name)}": float("nan") if both_empty[v] else float(scores[v])
+        for v, name in sorted(labels.items())
+        if v != 0
+    }
 
 
 def label_volumes(
@@ -85,17 +118,19 @@ def part_report_name(part_id: int, num_parts: int) -> str:
     return REPORT_NAME if num_parts == 1 else f"report.part-{part_id}-of-{num_parts}.csv"
 
 
-def write_report(rows: Sequence[Mapping[str, Any]], path: str | Path, labels: Mapping[int, str]) -> Path:
+def write_report(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, labels: Mapping[int, str], *, dice: bool = False
+) -> Path:
     """Write report rows (sorted by ``scan_id``) as CSV, atomically."""
     import pandas as pd
 
     from unet_med.data.writing import write_csv
 
-    frame = pd.DataFrame(list(rows), columns=report_columns(labels))
+    frame = pd.DataFrame(list(rows), columns=report_columns(labels, dice=dice))
     for col in frame.columns:
         if col.startswith("voxels_"):
             frame[col] = frame[col].astype("Int64")  # counts stay integers next to empty failed rows
-        elif col.startswith("volume_ml_"):
+        elif col.startswith(("volume_ml_", "dice_")):
             frame[col] = frame[col].astype(float).round(6)
     frame = frame.sort_values("scan_id", kind="stable").reset_index(drop=True)
     return write_csv(frame, path)
