@@ -68,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="network weights (default: BUNDLE/models/model.pt)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ID=JSON",
+        help="override a config id, e.g. --set base_width=8 --set inferer#memory_budget_mb=4096 (repeatable)",
+    )
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: mean over flipped inputs")
     parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG for DICOM inputs")
     parser.add_argument("--no-qc", action="store_true", help="do not write QC pictures")
@@ -200,9 +207,15 @@ def _without_loading(preprocessing: Any) -> Any:
 
 
 def load_bundle(
-    bundle_dir: Path, *, device: str | None = None, checkpoint: Path | None = None, tta: bool = False
+    bundle_dir: Path,
+    *,
+    device: str | None = None,
+    checkpoint: Path | None = None,
+    tta: bool = False,
+    overrides: Mapping[str, Any] | None = None,
 ) -> InferenceBundle:
-    """Parse ``bundle_dir/configs/inference.json`` and load the checkpoint into its network.
+    """Parse ``bundle_dir/configs/inference.json`` (with ``overrides`` {config id: value}) and load
+    the checkpoint into its network.
 
     Raises:
         UsageError: missing bundle/config/ids, bad checkpoint, ``--tta`` without an OverlapTileInferer.
@@ -227,6 +240,8 @@ def load_bundle(
     if meta_file.is_file():
         parser.read_meta(str(meta_file))
     parser["bundle_root"] = str(bundle_dir)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
     if device is not None:
         parser["device"] = f"$torch.device({device!r})"
     for key in ("network_def", "inferer", "preprocessing"):
@@ -538,6 +553,22 @@ def _select_part(ids: Sequence[str], num_parts: int, part_id: int) -> set[str]:
     return set(sorted(ids)[part_id::num_parts])
 
 
+def _overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``ID=JSON`` pairs as {id: value}; a value that is not JSON is taken as a string."""
+    import json
+
+    result = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects ID=VALUE, got {item!r}")
+        try:
+            result[key] = json.loads(text)
+        except json.JSONDecodeError:
+            result[key] = text
+    return result
+
+
 def _manifest_references(
     manifest: Path, split: str | None, scans: Sequence[Any], root: Path
 ) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -623,7 +654,10 @@ def _run(args: argparse.Namespace) -> int:
         skipped = f" ({len(discovery.skipped)} files skipped, e.g. {discovery.skipped[0].path}: " \
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
         raise UsageError(f"no NIfTI files or DICOM series found under {args.input}{skipped}")
-    bundle = load_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, tta=args.tta)
+    overrides = _overrides(args.set)
+    bundle = load_bundle(
+        args.bundle, device=args.device, checkpoint=args.checkpoint, tta=args.tta, overrides=overrides
+    )
     tracking = _plan_tracking(args) if args.track else None
     failures = discovery_failures(discovery.skipped)
     mine = _select_part([s.scan_id for s in discovery.scans] + [r["scan_id"] for r in failures],

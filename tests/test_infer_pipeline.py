@@ -248,11 +248,17 @@ def test_parts_share_one_folder_and_merge(bundle, scans_dir, tmp_path, capsys):
     assert main(["infer", "--merge-reports", str(tmp_path)]) == 2
 
 
-def test_tta_flag_switches_the_inferer_to_flip_averaging(bundle):
+def test_tta_flag_switches_the_inferer_to_flip_averaging(bundle, scans_dir, tmp_path, capsys):
     loaded = load_bundle(bundle, tta=True)
     assert loaded.inferer.tta_flips is True
     assert loaded.labels == {0: "background", 1: "organ", 2: "lesion"}
     assert not load_bundle(bundle).inferer.tta_flips
+    overrides = {"inferer#output_tile_size": 4, "class_names": ["bg", "a", "b"]}
+    overridden = load_bundle(bundle, overrides=overrides)
+    assert overridden.inferer.output_tile_size == 4 and overridden.labels[1] == "a"
+    # --set goes through the same overrides; a network override that the weights do not fit is a usage error
+    assert _infer(bundle, scans_dir, tmp_path / "o", "--set", "network_def#widths=[4, 8]") == 2
+    assert "weights do not fit" in capsys.readouterr().err
 
 
 @dataclass
