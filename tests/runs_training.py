@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "unet2d_paper"
 # Smallest useful training: 2 epochs, width 4, 4x4 output patches, no augmentation.
-TINY = ["--epochs", "2", "--patch_size", "[4,4]", "--aug_prob", "0", "--num_workers", "0"]
+TINY = {"epochs": "2", "base_width": "4", "patch_size": "[4,4]", "aug_prob": "0", "num_workers": "0"}
 
 
 def demo_manifest(out_dir: Path) -> Path:
@@ -41,8 +41,9 @@ class Training:
             raise AssertionError(f"training in {self.output_dir} ended with {code}:\n{tail}")
 
 
-def start_training(output_dir: Path, manifest: Path, overrides: list[str]) -> Training:
-    """Start a tiny training of the 2D paper bundle into ``output_dir`` with extra ``overrides``."""
+def start_training(output_dir: Path, manifest: Path, overrides: dict[str, str]) -> Training:
+    """Start a tiny training of the 2D paper bundle into ``output_dir``; ``overrides`` (bundle ids
+    to values) replace or add to :data:`TINY`."""
     output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir / "training.log"
     command = [
@@ -61,8 +62,7 @@ def start_training(output_dir: Path, manifest: Path, overrides: list[str]) -> Tr
         str(output_dir),
         "--manifest",
         str(manifest),
-        *TINY,
-        *overrides,
+        *[item for key, value in {**TINY, **overrides}.items() for item in (f"--{key}", value)],
     ]
     with open(log, "wb") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=output_dir)

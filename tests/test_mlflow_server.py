@@ -198,9 +198,9 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(server, tmp_pat
     from runs_training import demo_manifest, start_training
 
     manifest = demo_manifest(tmp_path / "data")
-    settings = {"w4": ["--base_width", "4", "--lr", "0.01"], "w8": ["--base_width", "8", "--lr", "0.05"]}
+    settings = {"w4": {"base_width": "4", "lr": "0.01"}, "w8": {"base_width": "8", "lr": "0.05"}}
     trainings = {
-        name: start_training(tmp_path / name, manifest, ["--tracking_uri", server.url, *extra])
+        name: start_training(tmp_path / name, manifest, {"tracking_uri": server.url, **extra})
         for name, extra in settings.items()
     }
     for training in trainings.values():
