@@ -231,6 +231,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=120.0,
         help="seconds to wait for the server to answer (default: 120)",
     )
+    parser.add_argument(
+        "mlflow_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- MLFLOW_SERVER_FLAGS",
+        help="further `mlflow server` flags after --, e.g. -- --allowed-hosts mlflow.example.org",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -250,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        extra_args=tuple(a for a in args.mlflow_args if a != "--"),
     )
     # `kill <pid>` (SIGTERM) must stop the server too, not leave it running without its parent
     signal.signal(signal.SIGTERM, _exit_on_signal)

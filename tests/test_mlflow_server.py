@@ -263,3 +263,20 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(server, tmp_pat
     assert "net.preset" not in table.columns  # the same in both runs
     image = imread(png)
     assert _has_colour(image, "C0") and _has_colour(image, "C1")
+
+
+def test_team_server_uses_the_same_flags():
+    """A shared server differs only by its store URIs (and host); they reach `mlflow server` verbatim."""
+    server = TrackingServer(
+        backend_store_uri="postgresql://mlflow@db.internal:5432/mlflow",
+        artifacts_destination="s3://team-bucket/mlflow",
+        extra_args=("--allowed-hosts", "mlflow.internal"),
+    )
+    command = server.command()
+    assert command[command.index("--host") + 1] == "127.0.0.1"  # loopback unless asked otherwise
+    assert command[command.index("--backend-store-uri") + 1] == "postgresql://mlflow@db.internal:5432/mlflow"
+    assert command[command.index("--artifacts-destination") + 1] == "s3://team-bucket/mlflow"
+    assert command[-2:] == ["--allowed-hosts", "mlflow.internal"]
+    assert TrackingServer(
+        backend_store_uri="x", artifacts_destination="y", host="0.0.0.0", port=5001
+    ).url == ("http://127.0.0.1:5001")
