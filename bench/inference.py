@@ -9,9 +9,10 @@
 * Inferer agreement with the same weights: MONAI's BasicUNet through both inferers (same window,
   overlap 0.5, Gaussian, on the smallest scaling volume):
   fraction of equal argmax voxels and the largest logit difference.
-* Scaling: ours (overlap 0) and MONAI (overlap 0.5) on at least three volume sizes; time and
-  peak RSS per voxel should stay flat (cost linear in voxels); the fitted exponent of time
-  against voxels is reported.
+* Scaling: ours (overlap 0, default memory budget) and MONAI (overlap 0.5) on at least three volume
+  sizes; time per voxel should stay flat once a volume holds several tiles (cost linear in
+  voxels); below one tile the cost is that of one tile. The fitted exponent of time against voxels
+  is reported; ``--memory-check`` gives a 512x512x300 point to compare with the per-tile time.
 
 Every configuration runs in a fresh subprocess (so its peak RSS is its own: ``VmHWM`` of the
 child) and the configurations of one repeat run one after another, so load from other work hits
@@ -177,7 +178,11 @@ def run_configuration(cfg: dict[str, Any]) -> dict[str, Any]:
         else:
             roi = (cfg["roi"],) * 3
             logits = sliding_window_inference(image, roi, 1, net, overlap=cfg["overlap"], mode="gaussian")
-            tiles = None
+            # MONAI's scan: step int(roi * (1 - overlap)), windows until the last one reaches the end
+            steps = [max(int(r * (1 - cfg["overlap"])), 1) for r in roi]
+            tiles = math.prod(
+                1 if n <= r else -(-(n - r) // st) + 1 for n, r, st in zip(image.shape[2:], roi, steps)
+            )
             window = "x".join(map(str, roi))
     wall = time.perf_counter() - start
     pred = logits.argmax(1)[0].numpy()
@@ -211,6 +216,45 @@ def _size_tag(size: Sequence[int]) -> str:
     return "x".join(map(str, size))
 
 
+def memory_check(size: tuple[int, ...], width: int, budget_mb: float) -> int:
+    """Peak RSS and wall time of ``OverlapTileInferer`` (overlap 0) on one CT-sized volume, in a
+    fresh process; the weights are untrained (memory and time do not depend on them)."""
+    machine = machine_description()
+    print("machine:", machine, flush=True)
+    with tempfile.TemporaryDirectory(prefix="unet-med-bench-") as tmp:
+        folder = Path(tmp)
+        image, label = make_volume(size, folder)
+        weights = folder / "ours.pt"
+        torch.save(build_network("ours", width).state_dict(), weights)
+        cfg = dict(
+            network="ours",
+            width=width,
+            weights=str(weights),
+            image=str(image),
+            label=str(label),
+            overlap=0.0,
+            size=_size_tag(size),
+            inferer="overlap-tile",
+            budget_mb=budget_mb,
+        )
+        result = run_in_child(cfg)
+    row = dict(config="ours@0", size=_size_tag(size), voxels_M=math.prod(size) / 1e6, **result)
+    print(format_table([row]))
+    emit_figures(
+        {
+            "size": _size_tag(size),
+            "width": width,
+            "budget_mb": budget_mb,
+            "ours_overlap0_peak_rss_gib": result["peak_rss_gib"],
+            "rss_before_inference_gib": result["rss_before_gib"],
+            "ours_overlap0_wall_s": result["wall_s"],
+            "tiles": result["tiles"],
+            "load_avg_1min_at_start": machine["load_avg_1min_at_start"],
+        }
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small volume and width")
@@ -227,11 +271,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget-mb", type=float, default=1024.0, help="OverlapTileInferer memory budget")
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats per configuration (median)")
+    parser.add_argument(
+        "--memory-check",
+        action="store_true",
+        help="only ours at overlap 0 on --size (default 512 512 300), untrained weights: peak RSS and time",
+    )
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(run_configuration(json.loads(args.child))), flush=True)
         return 0
 
+    if args.memory_check:
+        return memory_check(tuple(args.size or (512, 512, 300)), args.width or 4, args.budget_mb)
     quick = args.quick
     width = args.width or 4
     size = tuple(args.size or ((128, 128, 96) if quick else (256, 256, 128)))
