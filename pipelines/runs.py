@@ -94,6 +94,8 @@ def compare(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
+    from mlflow.exceptions import MlflowException
+
     from unet_med.run_comparison import (
         DEFAULT_CURVE_METRIC,
         DEFAULT_SORT_METRIC,
@@ -107,6 +109,9 @@ def compare(args: argparse.Namespace) -> int:
     from unet_med.tracking_store import TrackingStoreError, resolve_tracking_uri
 
     metric = args.metric or DEFAULT_SORT_METRIC
+    if args.max_runs is not None and args.max_runs < 1:
+        print(f"error: --max-runs must be at least 1, got {args.max_runs}", file=sys.stderr)
+        return 2
     try:
         uri = resolve_tracking_uri(args.tracking_uri)
         comparison = compare_runs(
@@ -122,6 +127,12 @@ def compare(args: argparse.Namespace) -> int:
         )
     except (TrackingStoreError, ExperimentNotFoundError, RunNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except MlflowException as error:  # e.g. a --filter MLflow cannot parse
+        print(
+            f"error: MLflow refused the search of experiment {args.experiment!r}: {error.message}",
+            file=sys.stderr,
+        )
         return 1
 
     n = len(comparison.table)

@@ -216,6 +216,25 @@ def test_cli_unknown_experiment_and_empty_experiment(store, capsys):
     assert "no runs to compare" in capsys.readouterr().out
 
 
+def test_cli_bad_filter_is_one_clear_error(store, capsys):
+    code = main(
+        [
+            "runs",
+            "compare",
+            "--tracking-uri",
+            store["uri"],
+            "--experiment",
+            "unet2d_paper",
+            "--filter",
+            "params.net.base_width ==== 8",
+            "--no-plot",
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "MLflow refused the search of experiment 'unet2d_paper'" in err and "Traceback" not in err
+
+
 def test_missing_sqlite_store_is_an_error_and_is_not_created(tmp_path, capsys):
     missing = tmp_path / "typo" / "mlflow.db"
     with pytest.raises(TrackingStoreError, match="does not exist"):
