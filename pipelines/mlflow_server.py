@@ -101,6 +101,8 @@ class TrackingServer:
             TrackingServerError: the port is taken, the process exited, or it was not ready in time
                 (the process is stopped before raising).
         """
+        if self.process is not None:
+            raise TrackingServerError(f"this server is already running at {self.url}")
         if port_in_use(self.host, self.port):
             raise TrackingServerError(
                 f"port {self.port} on {self.host} is already in use; pass another --port "
@@ -110,7 +112,7 @@ class TrackingServer:
         # The server's job runner serves GenAI evaluation jobs the project does not use; it costs a
         # process and start-up time.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-        output = open(self.log_path, "ab") if self.log_path is not None else None  # noqa: SIM115
+        output = open(self.log_path, "ab") if self.log_path is not None else None
         try:
             self.process = subprocess.Popen(
                 self.command(),
