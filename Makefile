@@ -29,8 +29,18 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
+# The demo training: the 2D paper bundle on the demo data, CPU-sized (base width 16, a few epochs).
+DEMO_BUNDLE := bundles/unet2d_paper
+DEMO_TRAIN_ARGS ?= --base_width 16 --epochs 8 --lr 0.01 --intensity_scale 0.05 --intensity_shift 0.03
+
 demo: install
 	$(VENV)/bin/unet-med presets
+	$(PY) -m monai.bundle run training --meta_file $(DEMO_BUNDLE)/configs/metadata.json \
+		--config_file $(DEMO_BUNDLE)/configs/training.json --bundle_root $(DEMO_BUNDLE) \
+		--logging_file $(DEMO_BUNDLE)/configs/logging.conf \
+		--output_dir $(DEMO_DIR)/unet2d_paper --dataset_dir $(DEMO_DIR)/data/demo2d $(DEMO_TRAIN_ARGS)
+	@echo "MLflow store: sqlite:///$(abspath $(DEMO_DIR))/unet2d_paper/mlflow.db (artifacts in $(DEMO_DIR)/unet2d_paper/mlartifacts)"
+	@echo "Open its UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_DIR))/unet2d_paper/mlflow.db"
 
 mlflow: install
 	$(VENV)/bin/unet-med mlflow-server --output-dir $(MLFLOW_DIR) --port $(MLFLOW_PORT)

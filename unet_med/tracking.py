@@ -355,6 +355,17 @@ class MLflowTracker:
             return
         self.flush()
         self.client.set_terminated(self.run_id, status="FINISHED")
+        history = self.client.get_metric_history(self.run_id, "val_mean_dice")
+        if history:
+            last = max(history, key=lambda m: (m.step, m.timestamp))
+            logger.info(
+                "validation mean Dice: final %.4f (epoch %d), best %.4f (epoch %d)",
+                last.value, last.step, self._best[0], self._best[1],
+            )
+        logger.info(
+            "MLflow run %s finished in %s; open the UI with: mlflow ui --backend-store-uri %s",
+            self.run_id, self.tracking_uri, self.tracking_uri,
+        )
 
     def fail(self, engine=None, error: BaseException | None = None) -> None:
         """Flush and mark the run FAILED, then let the exception propagate."""
