@@ -177,3 +177,25 @@ def test_inference_chain_inverts_to_the_input_geometry(tmp_path, spacing, min_di
     got = pred[0].numpy() > 0.5
     dice = 2 * (truth & got).sum() / (truth.sum() + got.sum())
     assert dice >= min_dice
+
+
+def test_elastic_field_is_the_cubic_spline_zoom_and_the_warp_mirrors():
+    from scipy import ndimage
+
+    t = RandCoarseElasticd(["image"], prob=1.0, sigma=10.0, order=1)
+    t.set_random_state(3)
+    t.randomize(3)
+    shape = (40, 30, 20)
+    zoomed = [
+        ndimage.zoom(c, [s / 3 for s in shape], order=3, mode="nearest", grid_mode=False) for c in t._coarse
+    ]
+    assert np.allclose(t.displacement(shape), np.stack(zoomed), atol=1e-9)
+
+    img = torch.rand(1, 50, 40)
+    t.set_random_state(1)
+    out = t({"image": img})["image"]
+    t.set_random_state(1)
+    t.randomize(2)
+    coords = np.stack(np.meshgrid(np.arange(50.0), np.arange(40.0), indexing="ij")) + t.displacement((50, 40))
+    expected = ndimage.map_coordinates(img[0].double().numpy(), coords, order=1, mode="mirror")
+    assert np.allclose(out[0].numpy(), expected, atol=1e-4)
