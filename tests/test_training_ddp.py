@@ -20,7 +20,7 @@ def test_two_process_gloo_training(tmp_path):
     configs = ["training.json", "multi_gpu_train.json"]
     extra = ["--epochs", "1", "--patch_size", "[4,4]"]
     command = bundle_command("unet2d_paper", "training", configs, out, manifest, *extra)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     run_ok(torchrun + command[1:], cwd=tmp_path)  # drop the interpreter: torchrun starts it
 
     client = mlflow.MlflowClient(f"sqlite:///{Path(out).resolve()}/mlflow.db")
