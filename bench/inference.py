@@ -32,6 +32,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -369,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def summary(name: str) -> dict[str, Any]:
         runs = results[name]
-        walls = sorted(r["wall_s"] for r in runs)
+        wall = statistics.median(r["wall_s"] for r in runs)
         cfg = all_cfgs[name]
         return dict(
             config=name,
@@ -377,8 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             voxels_M=math.prod(int(v) for v in cfg["size"].split("x")) / 1e6,
             window=runs[0]["window"],
             tiles=runs[0]["tiles"],
-            wall_s=walls[len(walls) // 2],
-            s_per_Mvox=walls[len(walls) // 2] / (math.prod(int(v) for v in cfg["size"].split("x")) / 1e6),
+            wall_s=wall,
+            s_per_Mvox=wall / (math.prod(int(v) for v in cfg["size"].split("x")) / 1e6),
             peak_rss_gib=max(r["peak_rss_gib"] for r in runs),
             rss_before_gib=max(r["rss_before_gib"] for r in runs),
             dice=runs[0]["dice"],
