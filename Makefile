@@ -29,18 +29,32 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
-# The demo training: the 2D paper bundle on the demo data, CPU-sized (base width 16, a few epochs).
+# The demo: train the 2D paper bundle on the demo data, CPU-sized (base width 16, a few epochs),
+# segment the demo test scans as NIfTI files and as DICOM series with the trained model (mean
+# Dice against the demo labels), then compare the runs of the demo's MLflow store.
 DEMO_BUNDLE := bundles/unet2d_paper
-DEMO_TRAIN_ARGS ?= --base_width 16 --epochs 8 --lr 0.01 --intensity_scale 0.05 --intensity_shift 0.03
+DEMO_BASE_WIDTH ?= 16
+DEMO_TRAIN_ARGS ?= --base_width $(DEMO_BASE_WIDTH) --epochs 8 --lr 0.01 --intensity_scale 0.05 --intensity_shift 0.03
+DEMO_RUN := $(DEMO_DIR)/unet2d_paper
+DEMO_INFER_ARGS := --bundle $(DEMO_BUNDLE) --checkpoint $(DEMO_RUN)/models/model.pt \
+	--set base_width=$(DEMO_BASE_WIDTH) --split test --overwrite --track
 
 demo: install
 	$(VENV)/bin/unet-med presets
 	$(PY) -m monai.bundle run training --meta_file $(DEMO_BUNDLE)/configs/metadata.json \
 		--config_file $(DEMO_BUNDLE)/configs/training.json --bundle_root $(DEMO_BUNDLE) \
 		--logging_file $(DEMO_BUNDLE)/configs/logging.conf \
-		--output_dir $(DEMO_DIR)/unet2d_paper --dataset_dir $(DEMO_DIR)/data/demo2d $(DEMO_TRAIN_ARGS)
-	@echo "MLflow store: sqlite:///$(abspath $(DEMO_DIR))/unet2d_paper/mlflow.db (artifacts in $(DEMO_DIR)/unet2d_paper/mlartifacts)"
-	@echo "Open its UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_DIR))/unet2d_paper/mlflow.db"
+		--output_dir $(DEMO_RUN) --dataset_dir $(DEMO_DIR)/data/demo2d $(DEMO_TRAIN_ARGS)
+	test -f $(DEMO_DIR)/data/demo2d_dicom/manifest.csv || \
+		$(VENV)/bin/unet-med demo-data --out $(DEMO_DIR)/data/demo2d_dicom --dims 2 --format dicom
+	$(VENV)/bin/unet-med infer $(DEMO_INFER_ARGS) --input $(DEMO_DIR)/data/demo2d/images \
+		--output $(DEMO_DIR)/infer/nifti --reference $(DEMO_DIR)/data/demo2d/manifest.csv
+	$(VENV)/bin/unet-med infer $(DEMO_INFER_ARGS) --input $(DEMO_DIR)/data/demo2d_dicom/images \
+		--output $(DEMO_DIR)/infer/dicom --reference $(DEMO_DIR)/data/demo2d_dicom/manifest.csv --dicom-seg
+	$(VENV)/bin/unet-med runs compare --tracking-uri $(DEMO_RUN) --experiment unet2d_paper \
+		--csv $(DEMO_DIR)/runs_compare.csv --plot $(DEMO_DIR)/runs_compare.png
+	@echo "MLflow store: sqlite:///$(abspath $(DEMO_RUN))/mlflow.db (artifacts in $(DEMO_RUN)/mlartifacts)"
+	@echo "Open its UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_RUN))/mlflow.db"
 
 mlflow: install
 	$(VENV)/bin/unet-med mlflow-server --output-dir $(MLFLOW_DIR) --port $(MLFLOW_PORT)

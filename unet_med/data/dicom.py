@@ -298,7 +298,7 @@ def write_dicom_series(
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
         ds.Modality = modality
-        ds.PatientName = subject
+        ds.PatientName = f"{subject}^Synthetic"  # family^given, as DICOM person names are
         ds.PatientID = subject
         ds.SeriesDescription = series_description
         ds.SeriesNumber = 1
