@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from unet_med.atomic_files import atomic_output
 
 __all__ = ["write_dicom_seg"]
 
@@ -93,8 +94,6 @@ def write_dicom_seg(
         omit_empty_frames=False,
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    seg.save_as(tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        seg.save_as(tmp)
     return path

@@ -20,6 +20,8 @@ import torch
 from monai.engines import PrepareBatch, default_prepare_batch
 from monai.utils import CommonKeys
 
+from unet_med.atomic_files import atomic_output
+
 __all__ = [
     "PrepareBatchWithWeight",
     "save_atomic",
@@ -75,29 +77,12 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
 
     A crash, a kill or a full disk leaves either the previous file or the new one, never a
     half-written file (the rename is atomic on POSIX file systems). Written here because
-    MONAI's ``CheckpointSaver`` saves with ``atomic=False``.
+    MONAI's ``CheckpointSaver`` saves with ``atomic=False``; the mechanics are
+    :func:`unet_med.atomic_files.atomic_output`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    with atomic_output(path, suffix="", fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 class TrainingCheckpoint:
@@ -309,11 +294,9 @@ def plot_learning_curve(
     fig.legend(loc="lower center", ncol=3, fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_output(path, suffix=".png") as tmp:  # always PNG, whatever the name's suffix
+        fig.savefig(tmp)
+        plt.close(fig)
     return path
 
 
@@ -396,11 +379,9 @@ def plot_overlay(
     ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_output(path, suffix=".png") as tmp:  # always PNG, whatever the name's suffix
+        fig.savefig(tmp)
+        plt.close(fig)
     return path
 
 
@@ -657,11 +638,9 @@ class EvaluationReport:
         if not is_main_process():
             return None
         frame = pd.DataFrame(self.rows)
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / "per_case_metrics.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            frame.to_csv(tmp, index=False)
         summary = {f"test_{c}": float(frame[c].mean()) for c in frame.columns if c != "subject_id"}
         summary["test_cases"] = float(len(frame))
         logger.info("per-case metrics of %d cases -> %s; %s", len(frame), path,

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from unet_med.atomic_files import atomic_output
+
 __all__ = [
     "BASE_COLUMNS",
     "REPORT_NAME",
@@ -226,9 +228,7 @@ def save_qc_picture(image: np.ndarray, label_map: np.ndarray, path: str | Path, 
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    with atomic_output(path, suffix=".png") as tmp:  # always PNG, whatever the name's suffix
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
     return path

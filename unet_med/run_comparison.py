@@ -12,7 +12,6 @@ and on a tracking server URL.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Literal
 
 import pandas as pd
 
+from unet_med.atomic_files import atomic_output
 from unet_med.tracking_store import check_tracking_store, using_tracking_uri
 
 #: Metric the table is sorted by unless another is chosen (run-level, logged by the bundles).
@@ -291,21 +291,15 @@ def plot_validation_curves(
         axes.legend(fontsize="small")
     else:
         axes.text(0.5, 0.5, f"no run has logged {metric}", ha="center", va="center", transform=axes.transAxes)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.name}.partial")
-    figure.savefig(partial, format="png")
-    os.replace(partial, out_path)
+    with atomic_output(out_path) as partial:
+        figure.savefig(partial, format="png")
     return without
 
 
 def write_table_csv(comparison: RunComparison, out_path: str | Path) -> None:
     """Write the comparison table (full run ids, empty cells for missing values) as CSV, atomically."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.name}.partial")
-    comparison.table.to_csv(partial, index=False)
-    os.replace(partial, out_path)
+    with atomic_output(out_path) as partial:
+        comparison.table.to_csv(partial, index=False)
 
 
 def safe_file_stem(name: str) -> str:

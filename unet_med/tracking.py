@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from unet_med.atomic_files import atomic_output
 from unet_med.tracking_store import (
     TrackingStoreError,
     check_tracking_store,
@@ -343,11 +344,9 @@ class MLflowTracker:
         return self.run_id
 
     def _write_run_file(self, experiment_id: str) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         record = {"run_id": self.run_id, "experiment_id": experiment_id, "tracking_uri": self.tracking_uri}
-        tmp = self._run_file().with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, self._run_file())
+        with atomic_output(self._run_file()) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
 
     def finish(self, engine=None) -> None:
         """Flush pending metrics and mark the run FINISHED."""

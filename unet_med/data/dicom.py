@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_med.atomic_files import atomic_output
+
 __all__ = [
     "NON_IMAGE_MODALITIES",
     "DicomSeriesError",
@@ -321,8 +323,7 @@ def write_dicom_series(
         ds.RescaleSlope = 1
         ds.PixelData = np.ascontiguousarray(data[:, :, k].T).tobytes()
         path = out_dir / names[k]
-        tmp = path.with_name(path.name + ".tmp")
-        ds.save_as(tmp, enforce_file_format=True)
-        tmp.replace(path)
+        with atomic_output(path) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
         paths.append(path)
     return paths

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unet_med.atomic_files import atomic_output
+
 __all__ = ["save_nifti", "write_csv", "write_json"]
-
-
-def _temp_name(path: Path) -> Path:
-    # Keep the suffix so writers that pick a format from it (nibabel) still do the right thing.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{''.join(path.suffixes)}")
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
@@ -22,31 +18,25 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    tmp = _temp_name(path)
-    nib.save(img, str(tmp))
-    tmp.replace(path)
+    with atomic_output(path) as tmp:  # the temporary name keeps .nii/.nii.gz, which nibabel reads
+        nib.save(img, str(tmp))
     return path
 
 
 def write_csv(frame: Any, path: str | Path) -> Path:
     """Write a pandas DataFrame as CSV (no index), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, index=False)
     return path
 
 
 def write_json(document: Any, path: str | Path) -> Path:
     """Write a JSON document (indented), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
     return path

@@ -1,0 +1,90 @@
+"""Atomic file output: write to a hidden temporary name in the target's folder, then rename over it.
+
+A crash, a kill, a full disk or an exception in the writer leaves either the previous file or the
+new one, never a half-written file (a rename within one folder is atomic on POSIX file systems).
+Written here because neither the standard library nor the project's dependencies offer a
+writer-agnostic version: ``tempfile`` creates files with mode 0600 and MONAI's ``CheckpointSaver``
+covers only ``torch.save``; this one works for any writer that takes a path (nibabel, pandas,
+matplotlib, pydicom, highdicom, ``torch.save``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_output"]
+
+# Compression suffixes that only make sense together with the suffix before them (.nii.gz, .csv.gz).
+_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".zip"}
+
+
+def _temporary_name(path: str | os.PathLike, suffix: str | None = None) -> Path:
+    """The hidden temporary name used for ``path``: ``.<name>.<pid>.<random>.tmp<suffix>`` in its folder.
+
+    ``suffix`` defaults to the file's format suffix (the last one, or the last two when the last is
+    a compression suffix: ``.nii.gz``) so writers that pick the format from the name keep working;
+    pass ``""`` for a name ending in ``.tmp``. The random part keeps concurrent writers (threads,
+    processes) of the same file apart.
+    """
+    path = Path(path)
+    if suffix is None:
+        suffixes = path.suffixes
+        keep = 2 if len(suffixes) >= 2 and suffixes[-1].lower() in _COMPRESSION_SUFFIXES else 1
+        suffix = "".join(suffixes[-keep:])
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a written file to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:  # make the rename itself durable; not every file system lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+@contextmanager
+def atomic_output(
+    path: str | os.PathLike, *, suffix: str | None = None, fsync: bool = False
+) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on a clean exit rename it over ``path``.
+
+    Creates ``path``'s parent folder. The block must write the file at the yielded path. When the
+    block raises (``KeyboardInterrupt`` included), or the rename fails, the temporary file is removed
+    and ``path`` keeps its previous content (or stays absent). With ``fsync=True`` the file is
+    flushed to disk before the rename and the folder after it, so the new content survives a power
+    loss. ``suffix`` is the temporary name's ending (see :func:`_temporary_name`).
+
+    Example::
+
+        with atomic_output(out_dir / "case.nii.gz") as tmp:
+            nib.save(image, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path, suffix)
+    try:
+        yield tmp
+        if fsync:
+            _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_folder(path.parent)
