@@ -36,8 +36,9 @@ DEMO_BUNDLE := bundles/unet2d_paper
 DEMO_BASE_WIDTH ?= 16
 DEMO_TRAIN_ARGS ?= --base_width $(DEMO_BASE_WIDTH) --epochs 8 --lr 0.01 --intensity_scale 0.05 --intensity_shift 0.03
 DEMO_RUN := $(DEMO_DIR)/unet2d_paper
+# the trained architecture (base width 16) comes from models/network.json beside model.pt
 DEMO_INFER_ARGS := --bundle $(DEMO_BUNDLE) --checkpoint $(DEMO_RUN)/models/model.pt \
-	--set base_width=$(DEMO_BASE_WIDTH) --split test --overwrite --track
+	--split test --overwrite --track
 
 demo: install
 	$(VENV)/bin/unet-med presets

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import sys
 import time
@@ -240,6 +241,14 @@ def load_bundle(
     if meta_file.is_file():
         parser.read_meta(str(meta_file))
     parser["bundle_root"] = str(bundle_dir)
+    # A checkpoint trained by a bundle names its architecture in network.json beside it, so the
+    # network matches the weights whatever overrides (e.g. --base_width) trained it.
+    network_file = checkpoint.parent / "network.json"
+    if network_file.is_file():
+        try:
+            parser["network_def"] = json.loads(network_file.read_text())
+        except ValueError as exc:
+            raise UsageError(f"{network_file}: not valid JSON ({exc})") from None
     for key, value in (overrides or {}).items():
         parser[key] = value
     if device is not None:

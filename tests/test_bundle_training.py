@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from unet_med.data.demo import generate_demo_dataset
+from unet_med.networks import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -61,6 +62,10 @@ def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path):
         torch.load(out / "models" / name, weights_only=True)
     last = torch.load(out / "models" / "checkpoint_last.pt", weights_only=True)
     assert last["trainer"]["epoch"] == 2 and {"network", "optimizer", "lr_scheduler"} <= set(last)
+    # network.json names the architecture of model.pt (base width 2 here, not the bundle's 64)
+    network = json.loads((out / "models" / "network.json").read_text())
+    assert network.pop("_target_") == "unet_med.networks.UNet" and network["widths"][0] == 2
+    UNet(**network).load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
 
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("unet2d_paper").experiment_id])

@@ -363,3 +363,17 @@ def test_reference_manifest_adds_dice_and_split_selects_scans(bundle, scans_dir,
     assert len(report) == 3  # no --split: every scan, Dice where a reference exists
     assert report.loc["ct_a.nii.gz", "dice_organ"] == pytest.approx(0.0)
     assert np.isnan(report.loc["sub/ct_b.nii.gz", "dice_organ"])
+
+
+def test_checkpoint_network_json_overrides_the_bundles_network_def(bundle, tmp_path):
+    # a training with other widths than inference.json's network_def writes network.json beside
+    # its model.pt; infer must rebuild that architecture, not the bundle's default one
+    trained = UNet(3, 1, 3, widths=(3, 6))
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    torch.save(trained.state_dict(), models / "model.pt")
+    (models / "network.json").write_text(json.dumps({"_target_": "unet_med.networks.UNet", **trained.config}))
+    loaded = load_bundle(bundle, checkpoint=models / "model.pt")
+    assert loaded.network.config["widths"] == [3, 6]
+    for name, value in trained.state_dict().items():
+        assert torch.equal(loaded.network.state_dict()[name], value)

@@ -256,3 +256,16 @@ def test_exported_network_matches_eager() -> None:
 
 def test_every_preset_is_listed() -> None:
     assert sorted(PRESETS) == ["cicek3d", "keras", "paper", "vgg16"]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_config_rebuilds_the_same_architecture(name: str) -> None:
+    import json
+
+    from unet_med.networks import UNet
+
+    net = create_unet(name, in_channels=2, out_channels=3, base_width=4)
+    rebuilt = UNet(**json.loads(json.dumps(net.config)))
+    shapes = {k: v.shape for k, v in net.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    assert rebuilt.spec == net.spec

@@ -9,6 +9,7 @@ Only rank 0 of a distributed run writes files.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Written beside ``model.pt``: the architecture of the saved weights (``UNet`` arguments).
+NETWORK_FILE = "network.json"
 
 
 def is_main_process() -> bool:
@@ -190,9 +194,20 @@ class TrainingCheckpoint:
             self.best_metric = value
             self.best_epoch = int(evaluator.state.epoch)
             if is_main_process():
-                save_atomic(_unwrap(self.network).state_dict(), self.best_path)
+                self.save_best_model()
                 logger.info("best %s %.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch,
                             self.best_path)
+
+    def save_best_model(self) -> None:
+        """``model.pt`` (the state dict alone, as MONAI's bundle tools expect) and, for a U-Net of
+        this project, ``network.json`` beside it: the architecture the weights belong to, so
+        ``unet-med infer`` rebuilds it whatever overrides (e.g. ``--base_width``) trained it."""
+        network = _unwrap(self.network)
+        save_atomic(network.state_dict(), self.best_path)
+        config = getattr(network, "config", None)
+        if isinstance(config, dict):
+            with atomic_output(self.best_path.with_name(NETWORK_FILE)) as tmp:
+                tmp.write_text(json.dumps({"_target_": "unet_med.networks.UNet", **config}, indent=2) + "\n")
 
     def complete(self, engine) -> None:
         if not is_main_process():
@@ -200,7 +215,7 @@ class TrainingCheckpoint:
         if engine.state.epoch % self.save_every:
             self.save_last(engine)
         if not self.has_validation:
-            save_atomic(_unwrap(self.network).state_dict(), self.best_path)
+            self.save_best_model()
         if self.tracker is not None and self.best_path.is_file():
             self.tracker.log_artifact(self.best_path, "models")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import List
+from typing import Any, List
 
 import torch
 from monai.networks.layers.factories import Conv
@@ -124,6 +124,25 @@ class UNet(nn.Module):
         dec_convs = _per_level(decoder_convs, levels - 1, "decoder_convs")
         drop_at = set(dropout_levels) if dropout_levels is not None else {levels - 1}
 
+        # The constructor arguments as plain JSON data, so a checkpoint can name its architecture
+        # (``UNet(**net.config)`` rebuilds the same network).
+        self.config: dict[str, Any] = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "widths": widths,
+            "convs_per_block": n_convs,
+            "inner_widths": inner,
+            "decoder_widths": dec_widths,
+            "up_widths": ups,
+            "decoder_convs": dec_convs,
+            "head_widths": [int(w) for w in head_widths],
+            "padding": padding,
+            "upsampling": upsampling,
+            "norm": norm,
+            "dropout": float(dropout),
+            "dropout_levels": sorted(drop_at),
+        }
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
