@@ -104,3 +104,18 @@ def test_concurrent_writers_get_distinct_temporary_names(tmp_path):
         first.write_text("1")
         second.write_text("2")
     assert path.read_text() == "1"  # the outer block renames last
+
+
+def test_save_png_writes_a_png_whatever_the_name_and_closes_the_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unet_med.atomic_files import save_png
+
+    fig = plt.figure()
+    path = save_png(fig, tmp_path / "plots" / "curve.img")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    assert [p.name for p in path.parent.iterdir()] == ["curve.img"]

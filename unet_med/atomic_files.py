@@ -15,8 +15,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "save_png"]
 
 # Compression suffixes that only make sense together with the suffix before them (.nii.gz, .csv.gz).
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".zip"}
@@ -88,3 +89,15 @@ def atomic_output(
         raise
     if fsync:
         _fsync_folder(path.parent)
+
+
+def save_png(figure: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG (whatever the name's suffix) atomically, then
+    close it so long trainings do not accumulate open figures."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_output(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", **savefig_kwargs)
+    plt.close(figure)
+    return path

@@ -21,7 +21,7 @@ import torch
 from monai.engines import PrepareBatch, default_prepare_batch
 from monai.utils import CommonKeys
 
-from unet_med.atomic_files import atomic_output
+from unet_med.atomic_files import atomic_output, save_png
 
 __all__ = [
     "PrepareBatchWithWeight",
@@ -308,11 +308,7 @@ def plot_learning_curve(
     ax_dice.set_ylabel("validation mean Dice", color="tab:red")
     fig.legend(loc="lower center", ncol=3, fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    path = Path(path)
-    with atomic_output(path, suffix=".png") as tmp:  # always PNG, whatever the name's suffix
-        fig.savefig(tmp)
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 class LearningCurvePlot:
@@ -393,11 +389,7 @@ def plot_overlay(
     ax.set_title(title or "label (green) / prediction (red)", fontsize=8)
     ax.axis("off")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_output(path, suffix=".png") as tmp:  # always PNG, whatever the name's suffix
-        fig.savefig(tmp)
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 class ValidationOverlays:

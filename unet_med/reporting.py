@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from unet_med.atomic_files import atomic_output
+from unet_med.atomic_files import save_png
 
 __all__ = [
     "BASE_COLUMNS",
@@ -227,8 +227,4 @@ def save_qc_picture(image: np.ndarray, label_map: np.ndarray, path: str | Path, 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_output(path, suffix=".png") as tmp:  # always PNG, whatever the name's suffix
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=80)
