@@ -21,7 +21,8 @@ import torch
 from monai.engines import PrepareBatch, default_prepare_batch
 from monai.utils import CommonKeys
 
-from unet_med.atomic_files import atomic_output, save_png
+from unet_med.atomic_files import atomic_output
+from unet_med.plots import plot_learning_curve, plot_overlay
 
 __all__ = [
     "PrepareBatchWithWeight",
@@ -273,44 +274,6 @@ class ProgressBar:
         IgniteProgressBar(persist=self.persist).attach(engine, output_transform=loss_of)
 
 
-def plot_learning_curve(
-    train_loss: Sequence[tuple[int, float]],
-    val_dice: Sequence[tuple[int, float]],
-    path: str | os.PathLike,
-    iterations_per_epoch: int | None = None,
-) -> Path:
-    """PNG with the training loss (per iteration, and its per-epoch mean) and the validation mean
-    Dice per epoch. ``train_loss`` holds (iteration, loss) pairs, ``val_dice`` (epoch, Dice)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax_loss = plt.subplots(figsize=(7, 4), dpi=100)
-    if train_loss:
-        steps, losses = zip(*sorted(train_loss), strict=True)
-        x = np.asarray(steps, float)
-        epochs = x / iterations_per_epoch if iterations_per_epoch else x
-        ax_loss.plot(epochs, losses, color="tab:blue", alpha=0.35, lw=0.8, label="train loss (iteration)")
-        if iterations_per_epoch:
-            per_epoch: dict[int, list[float]] = {}
-            for step, loss in zip(steps, losses, strict=True):
-                per_epoch.setdefault((step - 1) // iterations_per_epoch + 1, []).append(loss)
-            ax_loss.plot(list(per_epoch), [np.mean(v) for v in per_epoch.values()], color="tab:blue",
-                         marker="o", ms=3, label="train loss (epoch mean)")
-    ax_loss.set_xlabel("epoch" if iterations_per_epoch else "iteration")
-    ax_loss.set_ylabel("training loss", color="tab:blue")
-    ax_dice = ax_loss.twinx()
-    if val_dice:
-        ep, dice = zip(*sorted(val_dice), strict=True)
-        ax_dice.plot(ep, dice, color="tab:red", marker="s", ms=3, label="validation mean Dice")
-    ax_dice.set_ylim(0, 1)
-    ax_dice.set_ylabel("validation mean Dice", color="tab:red")
-    fig.legend(loc="lower center", ncol=3, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return save_png(fig, path)
-
-
 class LearningCurvePlot:
     """Draws ``<output_dir>/plots/learning_curve.png`` when the training completes (and every
     ``every`` epochs) from the MLflow run's metric history (so a resumed run's curve starts at
@@ -342,54 +305,6 @@ class LearningCurvePlot:
         loss, dice = history("train_loss"), history("val_mean_dice")
         plot_learning_curve(loss, dice, self.path, engine.state.epoch_length)
         tracker.log_artifact(self.path, "plots")
-
-
-def _to_index_map(array: Any) -> np.ndarray:
-    """(C, *spatial) one-hot/probabilities or (1, *spatial) indices -> (*spatial) class indices."""
-    a = torch.as_tensor(array).detach().cpu()
-    if a.shape[0] > 1:
-        return a.argmax(0).numpy()
-    return a[0].round().long().numpy()
-
-
-def _center_crop_np(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    slices = tuple(slice((s - t) // 2, (s - t) // 2 + t) for s, t in zip(a.shape, shape, strict=True))
-    return a[slices]
-
-
-def plot_overlay(
-    image: Any, label: Any, pred: Any, path: str | os.PathLike, title: str = ""
-) -> Path:
-    """PNG of one case: the image in gray, label contours in green, predicted contours in red.
-
-    ``image`` (C, *spatial), ``label``/``pred`` (C, *spatial) one-hot or (1, *spatial) indices.
-    3D cases show the axial slice (last axis) with the most labelled voxels.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lab = _to_index_map(label)
-    prd = _to_index_map(pred)
-    img = torch.as_tensor(image).detach().cpu()[0].float().numpy()
-    shape = tuple(min(a, b, c) for a, b, c in zip(img.shape, lab.shape, prd.shape, strict=True))
-    img, lab, prd = (_center_crop_np(a, shape) for a in (img, lab, prd))
-    if img.ndim == 3:
-        z = int(np.argmax((lab > 0).reshape(-1, lab.shape[-1]).sum(0)))
-        img, lab, prd = img[..., z], lab[..., z], prd[..., z]
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.imshow(img.T, cmap="gray", origin="lower")
-    for cls in sorted(set(np.unique(lab)) | set(np.unique(prd)) - {0}):
-        if (lab == cls).any():
-            ax.contour((lab == cls).T.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
-        if (prd == cls).any():
-            ax.contour((prd == cls).T.astype(float), levels=[0.5], colors="red", linewidths=1.0,
-                       linestyles="dashed")
-    ax.set_title(title or "label (green) / prediction (red)", fontsize=8)
-    ax.axis("off")
-    fig.tight_layout()
-    return save_png(fig, path)
 
 
 class ValidationOverlays:

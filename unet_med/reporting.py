@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from unet_med.atomic_files import save_png
+from unet_med.plots import save_qc_picture  # re-exported: report rows and QC pictures go together
 
 __all__ = [
     "BASE_COLUMNS",
@@ -184,47 +184,3 @@ def merge_reports(out_dir: str | Path) -> Path:
 def report_summary(statuses: Sequence[str]) -> dict[str, int]:
     """Counts per status (``ok``, ``failed``, ``skipped``)."""
     return {s: sum(1 for x in statuses if x == s) for s in STATUSES}
-
-
-def save_qc_picture(image: np.ndarray, label_map: np.ndarray, path: str | Path, *, title: str = "") -> Path:
-    """A PNG with a few slices of ``image`` (last axis, through the segmented region) and every
-    label's outline drawn on them; written atomically.
-
-    Args:
-        image: spatial array (2D or 3D, the scan's own voxel grid; first channel).
-        label_map: integer labels on the same grid.
-        path: target ``.png``.
-        title: text above the picture (a scan id, never patient data).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    image = np.asarray(image, dtype=np.float32)
-    label_map = np.asarray(label_map)
-    if image.shape != label_map.shape:
-        raise ValueError(f"QC picture: image shape {image.shape} differs from label shape {label_map.shape}")
-    if image.ndim == 2:
-        image, label_map = image[..., None], label_map[..., None]
-    depth = image.shape[-1]
-    fg = np.flatnonzero(label_map.reshape(-1, depth).any(axis=0))
-    lo, hi = (fg[0], fg[-1]) if fg.size else (0, depth - 1)
-    slices = sorted({int(round(lo + f * (hi - lo))) for f in ((0.25, 0.5, 0.75) if depth > 1 else (0.5,))})
-    vmin, vmax = np.percentile(image, (1, 99)) if image.size else (0.0, 1.0)
-    values = [int(v) for v in np.unique(label_map) if v != 0]
-    cmap = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, len(slices), figsize=(3.2 * len(slices), 3.4), squeeze=False)
-    for ax, k in zip(axes[0], slices):
-        # arrays are (i, j[, k]); show i left-right and j bottom-up
-        ax.imshow(image[:, :, k].T, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", interpolation="none")
-        for v in values:
-            mask = (label_map[:, :, k] == v).T
-            if mask.any():
-                ax.contour(mask, levels=[0.5], colors=[cmap((v - 1) % 10)], linewidths=0.8, origin="lower")
-        ax.set_title(f"slice {k}" if depth > 1 else "", fontsize=8)
-        ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return save_png(fig, path, dpi=80)

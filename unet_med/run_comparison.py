@@ -20,6 +20,7 @@ from typing import Literal
 import pandas as pd
 
 from unet_med.atomic_files import atomic_output
+from unet_med.plots import plot_metric_curves
 from unet_med.tracking_store import check_tracking_store, using_tracking_uri
 
 #: Metric the table is sorted by unless another is chosen (run-level, logged by the bundles).
@@ -262,38 +263,17 @@ def validation_curves(tracking_uri: str, run_ids: list[str], metric: str = DEFAU
 def plot_validation_curves(
     comparison: RunComparison, out_path: str | Path, *, metric: str = DEFAULT_CURVE_METRIC
 ) -> list[str]:
-    """Write a PNG overlaying the ``metric`` history (x: step = epoch) of the comparison's runs.
-
-    The file is written under a temporary name and renamed, so a reader never sees half a PNG.
-    Returns the ids of the runs that had no history of ``metric`` (not drawn).
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
+    """Write a PNG overlaying the ``metric`` history (x: step = epoch) of the comparison's runs
+    (:func:`unet_med.plots.plot_metric_curves`). Returns the ids of the runs that had no history
+    of ``metric`` (not drawn)."""
     table = comparison.table
-    curves = validation_curves(comparison.tracking_uri, table["run_id"].tolist(), metric)
-    figure = Figure(figsize=(7.0, 4.5), dpi=100)
-    axes = figure.add_subplot()
-    without = []
-    for run_name, run_id in zip(table["run"], table["run_id"], strict=True):
-        points = curves[run_id]
-        if not points:
-            without.append(run_id)
-            continue
-        steps, values = zip(*points, strict=True)
-        axes.plot(steps, values, marker="o", markersize=3, label=f"{run_name or ''} ({run_id[:8]})")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch (step)")
-    axes.set_ylabel(metric)
-    axes.set_title(f"{comparison.experiment_name}: {metric}")
-    axes.grid(True, alpha=0.3)
-    if len(without) < len(table):
-        axes.legend(fontsize="small")
-    else:
-        axes.text(0.5, 0.5, f"no run has logged {metric}", ha="center", va="center", transform=axes.transAxes)
-    with atomic_output(out_path) as partial:
-        figure.savefig(partial, format="png")
-    return without
+    history = validation_curves(comparison.tracking_uri, table["run_id"].tolist(), metric)
+    curves = {
+        f"{run_name or ''} ({run_id[:8]})": history[run_id]
+        for run_name, run_id in zip(table["run"], table["run_id"], strict=True)
+    }
+    plot_metric_curves(curves, out_path, metric=metric, title=f"{comparison.experiment_name}: {metric}")
+    return [run_id for run_id in table["run_id"] if not history[run_id]]
 
 
 def write_table_csv(comparison: RunComparison, out_path: str | Path) -> None:
