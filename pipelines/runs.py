@@ -96,7 +96,7 @@ def compare(args: argparse.Namespace) -> int:
 
     from mlflow.exceptions import MlflowException
 
-    from unet_med.run_comparison import (
+    from unet_med.tracking.comparison import (
         DEFAULT_CURVE_METRIC,
         DEFAULT_SORT_METRIC,
         ExperimentNotFoundError,
@@ -106,14 +106,14 @@ def compare(args: argparse.Namespace) -> int:
         safe_file_stem,
         write_table_csv,
     )
-    from unet_med.tracking_store import TrackingStoreError, resolve_tracking_uri
+    from unet_med.tracking.store import TrackingStoreError, existing_store_uri
 
     metric = args.metric or DEFAULT_SORT_METRIC
     if args.max_runs is not None and args.max_runs < 1:
         print(f"error: --max-runs must be at least 1, got {args.max_runs}", file=sys.stderr)
         return 2
     try:
-        uri = resolve_tracking_uri(args.tracking_uri)
+        uri = existing_store_uri(args.tracking_uri)
         comparison = compare_runs(
             uri,
             args.experiment,

@@ -7,7 +7,7 @@ import pytest
 from monai.bundle import run
 
 from unet_med.data.demo import generate_demo_dataset
-from unet_med.tracking_store import free_loopback_port
+from unet_med.tracking.server import free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "unet2d_paper" / "configs"

@@ -21,7 +21,8 @@ import pandas as pd
 
 from unet_med.atomic_files import atomic_output
 from unet_med.plots import plot_metric_curves
-from unet_med.tracking_store import check_tracking_store, using_tracking_uri
+from unet_med.tracking.run_record import RUN_KIND_TAG
+from unet_med.tracking.store import check_tracking_store, using_tracking_uri
 
 #: Metric the table is sorted by unless another is chosen (run-level, logged by the bundles).
 DEFAULT_SORT_METRIC = "best_val_mean_dice"
@@ -37,8 +38,6 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "samples_per_s",
     "peak_memory_mb",
 )
-#: Tag telling evaluation and inference runs from training runs (which do not carry it).
-RUN_KIND_TAG = "unet_med.run_kind"
 # Substrings of metric names where a smaller value is better (losses, times, memory, distances).
 _LOWER_IS_BETTER = ("loss", "time_s", "memory_mb", "error", "hausdorff", "distance")
 
@@ -147,7 +146,7 @@ def compare_runs(
 
     Args:
         tracking_uri: ``sqlite:///...`` store or ``http(s)://`` server (checked first, see
-            :func:`unet_med.tracking_store.check_tracking_store`, ``timeout_s`` seconds).
+            :func:`unet_med.tracking.store.check_tracking_store`, ``timeout_s`` seconds).
         experiment: experiment name (the bundles default to the bundle's name).
         metric: metric to sort by; ``goal`` defaults to :func:`metric_goal` of it.
         filter_string: MLflow search filter, e.g. ``"params.`net.preset` = 'paper'"``.

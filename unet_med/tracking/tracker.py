@@ -1,13 +1,15 @@
-"""MLflow tracking of bundle runs: the store, its reachability check and the run handler.
+"""The Ignite handler that records one training in one MLflow run.
 
-Every training run is tracked, without the user asking: by default in an SQLite store inside
-the run's output folder (``sqlite:///<output_dir>/mlflow.db``, artifacts under
-``<output_dir>/mlartifacts``), or at any ``--tracking_uri``. Names are flat and stable so runs
-compare across bundles: params ``net.preset``, ``optim.lr``, ``data.manifest_sha256``, ...;
-metrics ``train_loss`` (step = iteration), ``val_mean_dice`` and ``val_dice_<class>`` (step =
-epoch), ``best_val_mean_dice``, ``best_epoch``, ``epoch_time_s``, ``samples_per_s``,
-``peak_memory_mb``; tags ``bundle.name``, ``bundle.version``, ``net.preset``, ``git.commit``,
-``host.device``.
+Names are flat and stable so runs compare across bundles: params ``net.preset``, ``optim.lr``,
+``data.manifest_sha256``, ...; metrics ``train_loss`` (step = iteration), ``val_mean_dice`` and
+``val_dice_<class>`` (step = epoch), ``best_val_mean_dice``, ``best_epoch``, ``epoch_time_s``,
+``samples_per_s``, ``peak_memory_mb``; tags ``bundle.name``, ``bundle.version``, ``net.preset``,
+``git.commit``, ``host.device``; artifacts ``config/resolved_config.json`` (the executed config),
+``models/``, ``plots/``, ``overlays/`` (logged by the handlers that write them).
+
+The executed config reaches the tracker by file, as in MONAI's own bundle tracking
+(``monai/bundle/workflows.py``, ``patch_bundle_tracking``): the bundle workflow exports the
+config it runs (command-line overrides included) and passes its path as ``config_file``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,6 @@ import json
 import logging
 import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,155 +25,34 @@ from typing import Any
 
 import torch
 
-from unet_med.atomic_files import atomic_output
-from unet_med.tracking_store import (
-    TrackingStoreError,
-    check_tracking_store,
+from unet_med.distributed import is_main_process
+from unet_med.tracking.run_record import (
+    bundle_tags,
+    jsonable,
+    param_value,
+    read_run_record,
+    run_name_for,
+    write_run_record,
+)
+from unet_med.tracking.store import (
+    artifact_location_for,
+    check_tracking_uri,
     get_or_create_experiment,
     prepare_store,
+    resolve_tracking_uri,
 )
 
-__all__ = [
-    "TrackingStoreError",
-    "default_tracking_uri",
-    "resolve_tracking_uri",
-    "check_tracking_uri",
-    "artifact_location_for",
-    "git_commit",
-    "run_name_for",
-    "MLflowTracker",
-    "log_evaluation",
-    "RUN_FILE",
-]
+__all__ = ["MLflowTracker", "CONFIG_ARTIFACT"]
 
 logger = logging.getLogger(__name__)
 
-#: File in the output folder that remembers the MLflow run of a training, so a resumed training
-#: continues the same run.
-RUN_FILE = "mlflow_run.json"
-_PARAM_MAX = 6000  # MLflow's limit on a param value's length (characters)
-
-
-def default_tracking_uri(output_dir: str | os.PathLike) -> str:
-    """``sqlite:///<absolute output_dir>/mlflow.db``: an embedded store, no server needed."""
-    return "sqlite:///" + str(Path(output_dir).resolve() / "mlflow.db")
-
-
-def resolve_tracking_uri(tracking_uri: str | None, output_dir: str | os.PathLike) -> str:
-    """The URI a run uses: ``tracking_uri`` when given (and not empty/"none"), else the default
-    SQLite store in ``output_dir``. Plain paths and ``file://`` URIs are refused because MLflow 3
-    no longer supports the file store."""
-    if tracking_uri is None or str(tracking_uri).strip().lower() in ("", "none", "null", "default"):
-        return default_tracking_uri(output_dir)
-    uri = str(tracking_uri).strip()
-    if uri.startswith("file:") or "://" not in uri:
-        raise TrackingStoreError(
-            f"tracking URI {uri!r} is a file path; MLflow 3 no longer supports the file store. "
-            f"Use an SQLite store such as "
-            f"'sqlite:///{Path(uri.removeprefix('file://')).resolve()}/mlflow.db' "
-            "or a server URI such as 'http://host:5000'."
-        )
-    return uri
-
-
-def artifact_location_for(tracking_uri: str) -> str | None:
-    """Where a new experiment keeps its artifacts: for an SQLite store ``mlartifacts`` next to
-    the database file (``<output_dir>/mlartifacts`` for the default store); for a server, the
-    server decides (None)."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
-
-
-def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, with a clear message, when the tracking store cannot be used.
-
-    For ``http(s)://`` the server's ``/health`` endpoint must answer within ``timeout_s``
-    seconds; for ``sqlite:///`` the database folder must be creatable and writable and the
-    store must open. Raises :class:`~unet_med.tracking_store.TrackingStoreError`.
-    """
-    hint = "pass --tracking_uri with a reachable store (default: sqlite:///<output_dir>/mlflow.db)"
-    if tracking_uri.startswith(("http://", "https://")):
-        check_tracking_store(tracking_uri, timeout_s=timeout_s, must_exist=False)
-        return
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=db.parent, prefix=".write-test-"):
-                pass
-        except OSError as err:
-            raise TrackingStoreError(
-                f"MLflow store {tracking_uri}: folder {db.parent} is not writable ({err}); {hint}"
-            ) from err
-    try:
-        prepare_store(tracking_uri)
-    except TrackingStoreError as err:
-        raise TrackingStoreError(f"{err}; {hint}") from err
-
-
-def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """The current git commit of the checkout holding ``path`` (default: this package), or None."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def run_name_for(bundle_name: str, preset: str, when: float | None = None) -> str:
-    """``<bundle>-<preset>-<YYYYmmdd-HHMMSS>`` (local time)."""
-    return f"{bundle_name}-{preset}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
-
-
-def _rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
-def _active_bundle_config() -> dict | None:
-    """The config of the MONAI bundle being parsed, found on the call stack.
-
-    MONAI config expressions have no handle on their own :class:`~monai.bundle.ConfigParser`,
-    so the tracker, being instantiated by that parser, looks for it in its callers' frames. The
-    config holds the command-line overrides already (the exact config that runs).
-    """
-    from monai.bundle import ConfigParser
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, ConfigParser):
-            return candidate.get()
-        frame = frame.f_back
-    return None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    return str(value)
-
-
-def _param_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        value = list(value)
-    text = json.dumps(_jsonable(value)) if not isinstance(value, str) else value
-    return text[:_PARAM_MAX]
+#: Artifact holding the executed config of a training.
+CONFIG_ARTIFACT = "config/resolved_config.json"
+_BATCH_LIMIT = 1000  # MLflow's limit on metrics per log_batch call
 
 
 def _peak_memory_mb(device: torch.device | None) -> float:
+    """Peak memory of this process in MiB: allocated CUDA memory on a GPU, else the resident set."""
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(device) / 2**20
     # ru_maxrss: kibibytes on Linux
@@ -188,11 +66,17 @@ class MLflowTracker:
     trainer side starts (or, when resuming, re-opens) the run, logs params and tags, the
     per-iteration ``train_loss`` and per-epoch timing; the evaluator side logs the validation
     Dice per epoch. Artifacts are logged with :meth:`log_artifact` by the handlers that write
-    them (checkpoints, pictures) and the resolved config at the start.
+    them (checkpoints, pictures), and the executed config as ``config/resolved_config.json`` at
+    the start.
 
     Written instead of MONAI's ``MLFlowHandler`` because the bundle contract needs one run shared
     by trainer and evaluator, continued on resume, per-class Dice under class names, flat stable
-    param names, tags, and artifacts in named folders. Only rank 0 of a distributed run logs.
+    param names, tags, and artifacts in named folders. For the same reasons it writes through an
+    ``MlflowClient`` and a run id rather than ``mlflow.start_run``: the fluent API's active run is
+    process-wide state that one ``with`` block opens and closes, while this run is written from
+    two engines' events, re-opened on resume, and its per-iteration loss is queued and written in
+    batches (``log_batch``) instead of one request per iteration. Only the main process of a
+    distributed run logs (:func:`unet_med.distributed.is_main_process`).
 
     Args:
         output_dir: the run's output folder (default store, run file, resolved config).
@@ -211,8 +95,11 @@ class MLflowTracker:
             mean Dice (a float) and the per-class Dice (a tensor, one value per class).
         device: the training device (``host.device`` tag, peak memory).
         flush_every: iterations between batched writes of ``train_loss``.
-        config: the config to log as ``config/resolved_config.json``; default: the config of
-            the bundle being parsed.
+        config_file: path of the executed config that the bundle workflow exports (JSON, the
+            config with its command-line overrides); its content is logged as
+            ``config/resolved_config.json`` when the run starts. None (and no ``config``) logs
+            no config artifact.
+        config: a config mapping to log instead of ``config_file`` (for library use and tests).
         resolved: resolved values of the top-level hyperparameters, added to the logged config
             under ``"_resolved_"``.
     """
@@ -234,6 +121,7 @@ class MLflowTracker:
         per_class_dice_metric: str = "val_dice_per_class",
         device: str | torch.device | None = None,
         flush_every: int = 50,
+        config_file: str | os.PathLike | None = None,
         config: Mapping[str, Any] | None = None,
         resolved: Mapping[str, Any] | None = None,
     ) -> None:
@@ -251,16 +139,15 @@ class MLflowTracker:
         self.per_class_dice_metric = per_class_dice_metric
         self.device = torch.device(device) if device is not None else None
         self.flush_every = max(1, int(flush_every))
-        self.enabled = _rank() == 0
+        self.enabled = is_main_process()
         self.client = None
         self.run_id: str | None = None
         self._pending: list = []
         self._epoch_start = 0.0
         self._best: tuple[float, int] = (-1.0, -1)
-        config = config if config is not None else _active_bundle_config()
-        self.config = _jsonable(dict(config)) if config is not None else {}
-        if resolved is not None:
-            self.config["_resolved_"] = _jsonable(dict(resolved))
+        self.config_file = Path(config_file) if config_file is not None else None
+        self.config = jsonable(dict(config)) if config is not None else None
+        self.resolved = jsonable(dict(resolved)) if resolved is not None else None
         if self.enabled:
             check_tracking_uri(self.tracking_uri)
 
@@ -282,18 +169,40 @@ class MLflowTracker:
         engine.add_event_handler(Events.COMPLETED, self.finish)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.fail)
 
-    def _run_file(self) -> Path:
-        return self.output_dir / RUN_FILE
-
     def _previous_run_id(self) -> str | None:
-        path = self._run_file()
-        if not (self.resume and path.is_file()):
+        """The run to continue: the output folder's run record when resuming into the same store."""
+        record = read_run_record(self.output_dir) if self.resume else None
+        if record is None:
             return None
-        record = json.loads(path.read_text())
-        if record.get("tracking_uri") != self.tracking_uri:
-            logger.warning("%s names another store (%s); new run", path, record.get("tracking_uri"))
+        if record.tracking_uri != self.tracking_uri:
+            logger.warning("%s names another store (%s); new run", record.path, record.tracking_uri)
             return None
-        return record.get("run_id")
+        return record.run_id
+
+    def executed_config(self) -> dict[str, Any] | None:
+        """The config to log: ``config``, else the content of ``config_file``, plus ``"_resolved_"``;
+        None when there is none.
+
+        Raises:
+            FileNotFoundError / ValueError: ``config_file`` is missing or not JSON (named).
+        """
+        config = self.config
+        if config is None and self.config_file is not None:
+            try:
+                config = jsonable(json.loads(self.config_file.read_text()))
+            except FileNotFoundError as error:
+                raise FileNotFoundError(
+                    f"executed config {self.config_file} does not exist: the bundle workflow exports "
+                    "it before the run starts and passes its path as the tracker's config_file"
+                ) from error
+            except ValueError as error:
+                raise ValueError(f"executed config {self.config_file} is not JSON ({error})") from error
+        if config is None and self.resolved is None:
+            return None
+        config = dict(config or {})
+        if self.resolved is not None:
+            config["_resolved_"] = self.resolved
+        return config
 
     def start(self, engine=None) -> str | None:
         """Create (or re-open on resume) the run; log params, tags and the resolved config."""
@@ -301,18 +210,14 @@ class MLflowTracker:
             return self.run_id
         from mlflow.entities import Param, RunTag
 
+        config = self.executed_config()  # a wrong config_file fails before the run is created
         self.client = prepare_store(self.tracking_uri)
         experiment_id = get_or_create_experiment(
             self.client, self.experiment_name, artifact_location_for(self.tracking_uri)
         )
         previous = self._previous_run_id()
-        tags = {
-            "bundle.name": self.bundle_name,
-            "bundle.version": self.bundle_version,
-            "net.preset": self.preset,
-            "git.commit": git_commit() or "unknown",
-            "host.device": str(self.device or "cpu"),
-        }
+        tags = bundle_tags(self.bundle_name, self.bundle_version, self.preset)
+        tags["host.device"] = str(self.device or "cpu")
         if previous is not None:
             run = self.client.get_run(previous)
             self.run_id = run.info.run_id
@@ -330,23 +235,23 @@ class MLflowTracker:
             )
             self.run_id = run.info.run_id
             logged = {}
-        params = {k: _param_value(v) for k, v in self.params.items() if k not in logged}
+        params = {k: param_value(v) for k, v in self.params.items() if k not in logged}
         if params:
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         if previous is None:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self._write_run_file(experiment_id)
-        self.log_dict(self.config, "config/resolved_config.json")
+        write_run_record(
+            self.output_dir, tracking_uri=self.tracking_uri, experiment_id=experiment_id, run_id=self.run_id
+        )
+        if config is not None:
+            self.log_dict(config, CONFIG_ARTIFACT)
+        else:
+            logger.debug("no config_file given: run %s gets no %s artifact", self.run_id, CONFIG_ARTIFACT)
         logger.info(
             "MLflow run %s (%s) in %s; open the UI with: mlflow ui --backend-store-uri %s",
             self.run_id, "resumed" if previous else "new", self.tracking_uri, self.tracking_uri,
         )
         return self.run_id
-
-    def _write_run_file(self, experiment_id: str) -> None:
-        record = {"run_id": self.run_id, "experiment_id": experiment_id, "tracking_uri": self.tracking_uri}
-        with atomic_output(self._run_file()) as tmp:
-            tmp.write_text(json.dumps(record, indent=2))
 
     def finish(self, engine=None) -> None:
         """Flush pending metrics and mark the run FINISHED."""
@@ -388,8 +293,8 @@ class MLflowTracker:
         """Write queued metrics now."""
         if self.client is None or not self._pending:
             return
-        for start in range(0, len(self._pending), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
+        for start in range(0, len(self._pending), _BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=self._pending[start : start + _BATCH_LIMIT])
         self._pending = []
 
     def log_iteration(self, engine) -> None:
@@ -452,50 +357,4 @@ class MLflowTracker:
         """Write ``data`` as JSON into the run's artifacts at ``artifact_file``."""
         if self.client is None or self.run_id is None:
             return
-        self.client.log_dict(self.run_id, _jsonable(dict(data)), artifact_file)
-
-
-def log_evaluation(
-    *,
-    csv_path: str | os.PathLike,
-    metrics: Mapping[str, float],
-    output_dir: str | os.PathLike,
-    bundle_name: str,
-    preset: str = "unknown",
-    bundle_version: str = "0.0.0",
-    tracking_uri: str | None = None,
-    experiment_name: str | None = None,
-    params: Mapping[str, Any] | None = None,
-) -> str:
-    """Record an evaluation as its own MLflow run (``<bundle>-<preset>-eval-<time>``) with the
-    summary ``metrics``, ``params`` and the per-case CSV as artifact ``evaluation/``; linked to
-    the training run of ``output_dir`` by the tag ``unet_med.training_run_id`` when that run is
-    known. Returns the run id."""
-    from mlflow.entities import Metric, Param
-
-    uri = resolve_tracking_uri(tracking_uri, output_dir)
-    check_tracking_uri(uri)
-    client = prepare_store(uri)
-    experiment = experiment_name or bundle_name
-    experiment_id = get_or_create_experiment(client, experiment, artifact_location_for(uri))
-    tags = {
-        "bundle.name": bundle_name,
-        "bundle.version": str(bundle_version),
-        "net.preset": preset,
-        "git.commit": git_commit() or "unknown",
-        "unet_med.run_kind": "evaluation",
-    }
-    run_file = Path(output_dir) / RUN_FILE
-    if run_file.is_file():
-        tags["unet_med.training_run_id"] = json.loads(run_file.read_text()).get("run_id", "")
-    name = run_name_for(bundle_name, f"{preset}-eval")
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    stamp = int(time.time() * 1000)
-    client.log_batch(
-        run.info.run_id,
-        metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v == v],  # NaN: not logged
-        params=[Param(k, _param_value(v)) for k, v in (params or {}).items()],
-    )
-    client.log_artifact(run.info.run_id, str(csv_path), "evaluation")
-    client.set_terminated(run.info.run_id, status="FINISHED")
-    return run.info.run_id
+        self.client.log_dict(self.run_id, jsonable(dict(data)), artifact_file)

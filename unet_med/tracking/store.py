@@ -1,8 +1,24 @@
-"""Where MLflow runs live: turning what a user types into a tracking URI, and checking it answers.
+"""Where MLflow runs live: turning what a user types into a tracking URI, and checking that the
+store answers before any work is done.
 
 A tracking store is either an embedded SQLite file (``sqlite:///<output_dir>/mlflow.db``, no
-server needed) or an MLflow tracking server (``http://127.0.0.1:5000``). Two failure modes are
-worth catching before MLflow itself sees the URI:
+server needed) or an MLflow tracking server (``http://127.0.0.1:5000``, or any database URI
+MLflow takes). One policy for what a user may type:
+
+* a URI with a scheme (``sqlite:///``, ``http(s)://``, ``postgresql://``, ...) is used as given;
+* nothing (None, ``""``, ``"none"``, ``"null"``, ``"default"``) means the default store of the
+  run's output folder (:func:`default_tracking_uri`);
+* ``file:`` URIs and plain paths are refused with a hint: MLflow 3 no longer serves the file
+  store (it raises unless ``MLFLOW_ALLOW_FILE_STORE`` is set), and a path is ambiguous for a
+  store that may not exist yet (a database file? a folder?).
+
+:func:`resolve_tracking_uri` applies it for runs that write (training, evaluation). Commands
+that read runs (``unet-med runs compare``) take one more form, :func:`existing_store_uri`: a path
+to an SQLite file or to an output folder holding ``mlflow.db``. That is no longer ambiguous,
+because the store must exist and can be looked at; it is a separate function so that a path
+never silently creates a new store.
+
+Two failure modes are worth catching before MLflow itself sees the URI:
 
 * a SQLite path with a typo: MLflow would silently create a new, empty database there;
 * an unreachable server: MLflow's HTTP client retries with exponential back-off for minutes
@@ -20,35 +36,83 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+__all__ = [
+    "SQLITE_STORE_NAME",
+    "TrackingStoreError",
+    "default_tracking_uri",
+    "resolve_tracking_uri",
+    "existing_store_uri",
+    "sqlite_store_path",
+    "artifact_location_for",
+    "check_tracking_store",
+    "check_tracking_uri",
+    "store_lock",
+    "prepare_store",
+    "get_or_create_experiment",
+    "using_tracking_uri",
+]
+
 logger = logging.getLogger(__name__)
 
 #: File name of the embedded store inside an output folder (the bundles' default).
 SQLITE_STORE_NAME = "mlflow.db"
+_DEFAULT_WORDS = ("", "none", "null", "default")
 
 
 class TrackingStoreError(RuntimeError):
-    """The tracking store named by a URI or path cannot be used (missing file, server down)."""
+    """The tracking store named by a URI or path cannot be used (missing file, server down,
+    unwritable folder, file store)."""
 
 
-def resolve_tracking_uri(location: str | Path) -> str:
-    """Return a tracking URI for ``location``.
+def default_tracking_uri(output_dir: str | os.PathLike) -> str:
+    """``sqlite:///<absolute output_dir>/mlflow.db``: an embedded store, no server needed."""
+    return "sqlite:///" + str(Path(output_dir).resolve() / SQLITE_STORE_NAME)
 
-    ``location`` may be a URI (``sqlite:///...``, ``http(s)://...``, ``postgresql://...``,
-    ``file:...``), a path to an SQLite store file, or a folder holding ``mlflow.db`` (a bundle's
-    ``output_dir``). Paths become absolute ``sqlite:///`` URIs.
+
+def _refuse_file_store(uri: str) -> str:
+    """``uri`` when it has a scheme other than ``file:``; else the file-store error with the
+    SQLite and server forms to use instead."""
+    if uri.startswith("file:") or "://" not in uri:
+        raise TrackingStoreError(
+            f"tracking URI {uri!r} is a file path; MLflow 3 no longer supports the file store. "
+            f"Use an SQLite store such as "
+            f"'sqlite:///{Path(uri.removeprefix('file://')).resolve()}/{SQLITE_STORE_NAME}' "
+            "or a server URI such as 'http://host:5000'."
+        )
+    return uri
+
+
+def resolve_tracking_uri(tracking_uri: str | None, output_dir: str | os.PathLike) -> str:
+    """The URI a run writes to: ``tracking_uri`` when given (and not empty/"none"), else the
+    default SQLite store in ``output_dir``.
 
     Raises:
-        TrackingStoreError: a path was given that is neither an SQLite file nor a folder with one.
+        TrackingStoreError: ``tracking_uri`` is a plain path or a ``file:`` URI (see the module
+            docstring for why).
+    """
+    if tracking_uri is None or str(tracking_uri).strip().lower() in _DEFAULT_WORDS:
+        return default_tracking_uri(output_dir)
+    return _refuse_file_store(str(tracking_uri).strip())
+
+
+def existing_store_uri(location: str | os.PathLike) -> str:
+    """The URI of an existing store named the way users type it when reading runs: a URI (as
+    :func:`resolve_tracking_uri` takes it), the path of an SQLite store file, or a folder holding
+    ``mlflow.db`` (a bundle's ``output_dir``). Paths become absolute ``sqlite:///`` URIs.
+
+    Raises:
+        TrackingStoreError: a ``file:`` URI, or a path that is neither an SQLite file nor a folder
+            with one.
     """
     text = str(location)
     if "://" in text or text.startswith("file:"):
-        return text
+        return _refuse_file_store(text)
     path = Path(text).expanduser()
     if path.is_dir():
         candidate = path / SQLITE_STORE_NAME
@@ -77,13 +141,24 @@ def sqlite_store_path(uri: str) -> Path | None:
     return Path(raw) if raw.startswith("/") else Path.cwd() / raw
 
 
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: for an SQLite store ``mlartifacts`` next to
+    the database file (``<output_dir>/mlartifacts`` for the default store); for a server, the
+    server decides (None)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def check_tracking_store(uri: str, *, timeout_s: float = 5.0, must_exist: bool = True) -> None:
-    """Fail fast, with one clear message, when the store at ``uri`` cannot be used.
+    """Fail fast, with one clear message, when the store at ``uri`` cannot be reached; creates
+    nothing (the reader's check).
 
     For ``http(s)://`` URIs, ``GET <uri>/health`` must get any HTTP answer within ``timeout_s``
     seconds (an authentication error still means the server is there). For ``sqlite:///`` URIs
     with ``must_exist`` the database file must exist (reading must not create an empty store).
-    Other schemes (PostgreSQL, MySQL, ``file:``) are left to MLflow.
+    Other schemes (PostgreSQL, MySQL) are left to MLflow.
 
     Raises:
         TrackingStoreError: naming the URI and what went wrong.
@@ -113,11 +188,35 @@ def check_tracking_store(uri: str, *, timeout_s: float = 5.0, must_exist: bool =
         ) from error
 
 
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that is free at the time of the call (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with a clear message, when a run cannot write to the store (the writer's check,
+    run before the first epoch).
+
+    For ``http(s)://`` the server's ``/health`` endpoint must answer within ``timeout_s``
+    seconds; for ``sqlite:///`` the database folder must be creatable and writable and the
+    store must open (it is created when new, see :func:`prepare_store`).
+
+    Raises:
+        TrackingStoreError: naming the URI, the cause and the ``--tracking_uri`` fix.
+    """
+    hint = "pass --tracking_uri with a reachable store (default: sqlite:///<output_dir>/mlflow.db)"
+    if tracking_uri.startswith(("http://", "https://")):
+        check_tracking_store(tracking_uri, timeout_s=timeout_s, must_exist=False)
+        return
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=db.parent, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise TrackingStoreError(
+                f"MLflow store {tracking_uri}: folder {db.parent} is not writable ({err}); {hint}"
+            ) from err
+    try:
+        prepare_store(tracking_uri)
+    except TrackingStoreError as err:
+        raise TrackingStoreError(f"{err}; {hint}") from err
 
 
 @contextlib.contextmanager
@@ -178,7 +277,8 @@ def get_or_create_experiment(client, name: str, artifact_location: str | None = 
 @contextlib.contextmanager
 def using_tracking_uri(uri: str) -> Iterator[None]:
     """Make ``uri`` the process's MLflow tracking URI inside the block, restoring the previous
-    setting (including "not set") afterwards; ``mlflow.search_runs`` and the fluent API read it."""
+    setting (including "not set") afterwards; ``mlflow.search_runs`` and the fluent API
+    (``mlflow.start_run``) read it. Process-wide state: not for two threads at once."""
     import mlflow
 
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None

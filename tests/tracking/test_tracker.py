@@ -1,8 +1,8 @@
-"""MLflow tracking of a training: store resolution, fail-fast checks, one run shared by trainer
-and evaluator with the contract's names, continued on resume."""
+"""unet_med.tracking.tracker.MLflowTracker: one run shared by trainer and evaluator with the
+contract's names, continued on resume, the executed config logged from the file the bundle
+workflow exports."""
 
 import json
-import time
 
 import mlflow
 import pytest
@@ -12,38 +12,8 @@ from monai.handlers import MeanDice, ValidationHandler, from_engine
 from monai.transforms import AsDiscreted, Compose
 from torch.utils.data import DataLoader
 
-from unet_med.tracking import (
-    MLflowTracker,
-    TrackingStoreError,
-    check_tracking_uri,
-    default_tracking_uri,
-    resolve_tracking_uri,
-)
-from unet_med.tracking_store import free_loopback_port
-
-
-def test_default_store_is_sqlite_in_the_output_folder_and_file_paths_are_refused(tmp_path):
-    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert resolve_tracking_uri("", tmp_path) == default_tracking_uri(tmp_path)
-    assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
-    for bad in (str(tmp_path / "mlruns"), f"file://{tmp_path}/mlruns"):
-        with pytest.raises(TrackingStoreError, match="no longer supports the file store.*sqlite:///"):
-            resolve_tracking_uri(bad, tmp_path)
-
-
-def test_unreachable_server_fails_within_seconds_with_a_clear_message():
-    uri = f"http://127.0.0.1:{free_loopback_port()}"
-    start = time.monotonic()
-    with pytest.raises(TrackingStoreError, match="cannot reach the MLflow tracking server"):
-        check_tracking_uri(uri, timeout_s=2)
-    assert time.monotonic() - start < 10
-
-
-def test_unwritable_store_folder_is_refused(tmp_path):
-    blocker = tmp_path / "not_a_folder"
-    blocker.write_text("")
-    with pytest.raises(TrackingStoreError, match="not writable"):
-        check_tracking_uri(f"sqlite:///{blocker}/sub/mlflow.db")
+from unet_med.tracking import MLflowTracker
+from unet_med.tracking.store import default_tracking_uri
 
 
 def _engines(tracker, epochs):
@@ -79,7 +49,10 @@ def _engines(tracker, epochs):
     return trainer
 
 
-def _tracker(out, resume=False):
+_CONFIG = {"epochs": 2, "network_def": {"_target_": "unet_med.networks.create_unet"}}
+
+
+def _tracker(out, resume=False, **config):
     return MLflowTracker(
         out,
         bundle_name="tiny_bundle",
@@ -88,8 +61,20 @@ def _tracker(out, resume=False):
         params={"net.preset": "paper", "optim.lr": 0.1, "data.patch_size": [84, 84]},
         class_names=["background", "cell", "dense_cell"],
         resume=resume,
-        config={"epochs": 2, "network_def": {"_target_": "unet_med.networks.create_unet"}},
         flush_every=2,
+        **(config or {"config": _CONFIG}),
+    )
+
+
+def _only_run(out):
+    client = mlflow.MlflowClient(default_tracking_uri(out))
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny_bundle").experiment_id])
+    return client, run
+
+
+def _logged_config(out, run_id):
+    return json.loads(
+        (out / "mlartifacts" / run_id / "artifacts" / "config" / "resolved_config.json").read_text()
     )
 
 
@@ -116,8 +101,7 @@ def test_one_run_holds_params_tags_per_iteration_loss_and_per_epoch_dice(tmp_pat
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
     dice = [m.value for m in client.get_metric_history(run.info.run_id, "val_mean_dice")]
     assert run.data.metrics["best_val_mean_dice"] == pytest.approx(max(dice))
-    config = json.loads((tmp_path / "mlartifacts" / run.info.run_id / "artifacts" / "config"
-                         / "resolved_config.json").read_text())
+    config = _logged_config(tmp_path, run.info.run_id)
     assert config["network_def"]["_target_"] == "unet_med.networks.create_unet"
     assert json.loads((tmp_path / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
 
@@ -133,3 +117,31 @@ def test_resume_continues_the_same_run(tmp_path):
     fresh = _tracker(tmp_path, resume=False)
     _engines(fresh, epochs=1).run()
     assert fresh.run_id != resumed.run_id
+
+
+def test_the_executed_config_file_is_logged_as_resolved_config(tmp_path):
+    """The bundle workflow exports the config it runs; the tracker logs that file's content under
+    the artifact name users know (no call-stack lookup)."""
+    executed = tmp_path / "exported" / "config_20250101_120000.json"
+    executed.parent.mkdir()
+    content = {"epochs": 1, "base_width": 4, "network_def": {"_target_": "unet_med.networks.create_unet"}}
+    executed.write_text(json.dumps(content))
+    out = tmp_path / "run"
+    _engines(_tracker(out, config_file=str(executed)), epochs=1).run()
+    _, run = _only_run(out)
+    assert run.info.status == "FINISHED"
+    assert _logged_config(out, run.info.run_id) == content
+
+
+def test_without_a_config_the_run_has_no_config_artifact(tmp_path):
+    _engines(_tracker(tmp_path, config_file=None), epochs=1).run()
+    client, run = _only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert client.list_artifacts(run.info.run_id, "config") == []
+
+
+def test_a_missing_config_file_is_named_before_a_run_is_created(tmp_path):
+    missing = tmp_path / "never_exported.json"
+    with pytest.raises(FileNotFoundError, match="never_exported.json"):
+        _engines(_tracker(tmp_path, config_file=missing), epochs=1).run()
+    assert not (tmp_path / "mlflow_run.json").exists()

@@ -1,5 +1,6 @@
-"""A real ``mlflow server`` on a free loopback port: start-up, logging over HTTP with proxied
-artifacts, comparison through the server, clean stop; and the errors of ``unet-med mlflow-server``."""
+"""unet_med.tracking.server and ``unet-med mlflow-server``: a real ``mlflow server`` on a free
+loopback port: start-up, logging over HTTP with proxied artifacts, comparison through the server,
+clean stop; and the errors of ``unet-med mlflow-server``."""
 
 from __future__ import annotations
 
@@ -15,22 +16,14 @@ import threading
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
-from matplotlib import colors
 from matplotlib.image import imread
 
 from pipelines.cli import main
-from pipelines.mlflow_server import TrackingServer, TrackingServerError, port_in_use
-from unet_med.tracking_store import free_loopback_port
+from unet_med.tracking.server import TrackingServer, TrackingServerError, free_loopback_port, port_in_use
 
 pytestmark = pytest.mark.slow
-
-
-def _has_colour(image: np.ndarray, colour: str) -> bool:
-    rgb = np.array(colors.to_rgb(colour))
-    return bool((np.abs(image[..., :3] - rgb).max(axis=-1) < 0.02).any())
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +183,13 @@ CONTRACT_EPOCH_METRICS = {
 CONTRACT_TAGS = {"bundle.name", "bundle.version", "net.preset", "git.commit", "host.device"}
 
 
-def test_two_bundle_trainings_over_http_are_complete_and_compare(server, tmp_path, capsys):
+def test_two_bundle_trainings_over_http_are_complete_and_compare(
+    server, tmp_path, capsys, demo_manifest, start_training, has_colour
+):
     """Two tiny trainings of the 2D paper bundle with different widths and learning rates, at the same
     time, against the server; both runs carry the promised params, metrics, tags and artifacts, and
     ``unet-med runs compare`` lists them best first and draws both curves."""
     from mlflow.tracking import MlflowClient
-    from runs_training import demo_manifest, start_training
 
     manifest = demo_manifest(tmp_path / "data")
     settings = {"w4": {"base_width": "4", "lr": "0.01"}, "w8": {"base_width": "8", "lr": "0.05"}}
@@ -262,7 +256,7 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(server, tmp_pat
     assert "net.base_width" in table.columns and "optim.lr" in table.columns
     assert "net.preset" not in table.columns  # the same in both runs
     image = imread(png)
-    assert _has_colour(image, "C0") and _has_colour(image, "C1")
+    assert has_colour(image, "C0") and has_colour(image, "C1")
 
 
 def test_team_server_uses_the_same_flags():
