@@ -4,7 +4,7 @@ is loaded and preprocessed on a worker thread while the current one is predicted
 
 "Without" runs the same command in a process where ``concurrent.futures.ThreadPoolExecutor`` is
 replaced by :class:`SerialExecutor`, which runs each submitted load at once in the calling thread;
-everything else is the same code. That process also times ``prepare_scan`` (load + preprocessing)
+everything else is the same code. That process also times ``BatchSegmenter.prepare`` (load + preprocessing)
 to report the share of the serial run spent loading, which bounds what overlapping can gain:
 ``1 / (1 - share)``. Every run is a fresh subprocess (peak RSS = its ``VmHWM``); the two modes
 alternate over ``--repeats``.
@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from bench.measure import emit_figures, format_table, machine_description
+from bench.measure import emit_figures, format_table, machine_description, peak_rss_gib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,25 +58,17 @@ class SerialExecutor:
         return None
 
 
-def _peak_rss_gib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
 def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run ``unet-med infer`` in this process, with or without the background loader."""
     import concurrent.futures
 
-    import pipelines.infer as infer
     from pipelines.cli import main as cli_main
+    from unet_med.inference import BatchSegmenter
 
     load_s = [0.0]
     if not cfg["background"]:
         concurrent.futures.ThreadPoolExecutor = SerialExecutor  # type: ignore[misc, assignment]
-        prepare = infer.prepare_scan
+        prepare = BatchSegmenter.prepare
 
         def timed_prepare(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
@@ -85,7 +77,7 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
             finally:
                 load_s[0] += time.perf_counter() - t0
 
-        infer.prepare_scan = timed_prepare
+        BatchSegmenter.prepare = timed_prepare  # type: ignore[method-assign]
     argv = [
         "infer",
         "--bundle", str(ROOT / "bundles" / "unet3d"),
@@ -103,7 +95,7 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
     if code != 0:
         raise SystemExit(f"unet-med infer exited with {code}")
     return dict(
-        wall_s=wall, peak_rss_gib=_peak_rss_gib(), load_s=load_s[0] if not cfg["background"] else None
+        wall_s=wall, peak_rss_gib=peak_rss_gib(), load_s=load_s[0] if not cfg["background"] else None
     )
 
 

@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.measure import emit_figures, format_table, machine_description
+from bench.measure import emit_figures, format_table, machine_description, peak_rss_gib
 
 CLASSES = 3
 HU_WINDOW = (-200.0, 400.0)
@@ -132,23 +131,17 @@ def train_briefly(
     return time.perf_counter() - start
 
 
-def peak_rss_gib() -> float:
-    """High-water mark of this process's resident memory in GiB (``VmHWM``; unlike ``ru_maxrss``
-    it is not inherited from the parent across ``fork``/``exec``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # pragma: no cover
+def mean_foreground_dice(pred: np.ndarray, label: np.ndarray) -> float:
+    """Mean Dice over the foreground classes (``monai.metrics.compute_dice``; a class absent from
+    both maps counts 1.0)."""
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
 
+    def classes(a: np.ndarray) -> torch.Tensor:
+        return one_hot(torch.as_tensor(np.asarray(a, dtype=np.int64))[None, None], CLASSES)
 
-def _dice(pred: np.ndarray, label: np.ndarray) -> float:
-    scores = []
-    for c in range(1, CLASSES):
-        p, g = pred == c, label == c
-        denom = p.sum() + g.sum()
-        scores.append(2.0 * (p & g).sum() / denom if denom else 1.0)
-    return float(np.mean(scores))
+    scores = compute_dice(classes(pred), classes(label), include_background=False, ignore_empty=False)
+    return float(scores.mean())
 
 
 def run_configuration(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +184,7 @@ def run_configuration(cfg: dict[str, Any]) -> dict[str, Any]:
         wall_s=wall,
         peak_rss_gib=peak_rss_gib(),
         rss_before_gib=rss_before,
-        dice=_dice(pred, label),
+        dice=mean_foreground_dice(pred, label),
         tiles=tiles,
         window=window,
     )

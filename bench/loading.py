@@ -41,7 +41,7 @@ def write_volume_formats(size: Sequence[int], folder: Path) -> dict[str, Any]:
     import nibabel as nib
 
     from unet_med.data.demo import demo_volume_3d
-    from unet_med.data.dicom import write_dicom_series
+    from unet_med.dicom.synthetic import write_dicom_series
 
     hu, _ = demo_volume_3d(np.random.default_rng(0), tuple(int(s) for s in size))
     affine = np.diag([0.8, 0.8, 2.5, 1.0])

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from unet_med.data import load_image
-from unet_med.data.dicom import write_dicom_series
 from unet_med.data.writing import save_nifti
+from unet_med.dicom.synthetic import write_dicom_series
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Timing, FLOP counting and reporting shared by the benchmark scripts.
+"""Timing, FLOP counting, peak memory and reporting shared by the benchmark scripts.
 
 The machines these run on are shared and noisy, so cases that are compared are timed side by
 side: :func:`interleaved_seconds` runs one repeat of every case before the next repeat of any, and
@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ __all__ = [
     "count_flops",
     "matmul_gflops",
     "machine_description",
+    "peak_rss_gib",
     "format_table",
     "emit_figures",
 ]
@@ -87,6 +89,19 @@ def machine_description() -> dict[str, Any]:
         "cuda": torch.cuda.is_available(),
         "load_avg_1min_at_start": round(load[0], 2),
     }
+
+
+def peak_rss_gib() -> float:
+    """High-water mark of this process's resident memory in GiB (``VmHWM``; unlike ``ru_maxrss``
+    it is not inherited from the parent across ``fork``/``exec``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:  # pragma: no cover - no /proc on this platform
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # pragma: no cover
 
 
 def _cell(value: Any) -> str:

@@ -21,14 +21,25 @@ from scipy import ndimage
 
 from unet_med.data.writing import save_nifti, write_csv, write_json
 
-__all__ = ["DEMO_LABELS_2D", "DEMO_LABELS_3D", "demo_image_2d", "demo_volume_3d", "generate_demo_dataset"]
+__all__ = [
+    "DEMO_LABELS_2D",
+    "DEMO_LABELS_3D",
+    "demo_image_2d",
+    "demo_volume_3d",
+    "generate_demo_dataset",
+    "rotated_scan_affine",
+]
 
 DEMO_LABELS_2D = {0: "background", 1: "cell", 2: "dense_cell"}
 DEMO_LABELS_3D = {0: "background", 1: "organ", 2: "lesion"}
 
 
-def _affine(spacing: tuple[float, ...], angle_deg: float, origin: tuple[float, float, float]) -> np.ndarray:
-    """RAS affine of a scan stored in the DICOM-usual LPS axis order, rotated about the z axis."""
+def rotated_scan_affine(
+    spacing: tuple[float, ...], angle_deg: float, origin: tuple[float, float, float]
+) -> np.ndarray:
+    """4x4 RAS affine of a scan stored in the DICOM-usual LPS axis order, rotated by ``angle_deg``
+    about the z axis; ``spacing`` in mm (2 or 3 values; a missing slice spacing is 1 mm), ``origin``
+    in mm."""
     t = np.deg2rad(angle_deg)
     rot = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
     sp = np.ones(3)
@@ -156,7 +167,7 @@ def generate_demo_dataset(
     Raises:
         ValueError: for an unknown ``dims``/``format`` or ``n < 3``.
     """
-    from unet_med.data.dicom import write_dicom_series
+    from unet_med.dicom.synthetic import write_dicom_series
 
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3, got {dims}")
@@ -172,10 +183,11 @@ def generate_demo_dataset(
         sid = f"demo{dims}d_{idx:03d}"
         if dims == 2:
             image, label = demo_image_2d(rng, size)
-            affine = _affine((0.6, 0.6), rng.uniform(-15, 15), (*rng.uniform(-50, 50, 2), 0.0))
+            affine = rotated_scan_affine((0.6, 0.6), rng.uniform(-15, 15), (*rng.uniform(-50, 50, 2), 0.0))
         else:
             image, label = demo_volume_3d(rng, (size, size, max(8, int(round(0.7 * size)))))
-            affine = _affine((0.8, 0.8, 2.5), rng.uniform(-15, 15), tuple(rng.uniform(-100, 100, 3)))
+            angle = rng.uniform(-15, 15)  # drawn before the origin: the seed's data stay the same
+            affine = rotated_scan_affine((0.8, 0.8, 2.5), angle, tuple(rng.uniform(-100, 100, 3)))
         label_path = save_nifti(label, affine, out_dir / "labels" / f"{sid}.nii.gz")
         if format == "nifti":
             image_path = save_nifti(image, affine, out_dir / "images" / f"{sid}.nii.gz")

@@ -5,33 +5,38 @@ DICOM files are grouped by SeriesInstanceUID, not by folder: a folder may hold s
 slice normal and checked for missing slices, irregular spacing and mixed sizes; a broken series
 is skipped with the reason. Only headers are read, so discovery is fast.
 
+Every skipped file carries a :class:`SkipKind` (for code: batch inference decides from it whether
+a skipped file is a failed scan, a skipped object or no scan at all) and a reason (for humans).
+
 A scan's ``scan_id`` is built from its path relative to the root (plus a short hash of the
 SeriesInstanceUID for DICOM), made safe as a file name. It never uses patient name or ID tags.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unet_med.data.dicom import (
+from unet_med.data.loading import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_nifti, is_plain_image
+from unet_med.dicom.series import (
     DicomSeriesError,
     NotAnImageFile,
+    NotAnImageKind,
     SliceHeader,
     check_series,
     order_series,
     read_slice_header,
     series_hash,
 )
-from unet_med.data.loading import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_nifti, is_plain_image
 
-__all__ = ["Scan", "SkippedFile", "ScanDiscovery", "discover_scans", "safe_scan_id"]
+__all__ = ["Scan", "SkipKind", "SkippedFile", "ScanDiscovery", "discover_scans", "safe_scan_id"]
 
 
 @dataclass
@@ -68,12 +73,42 @@ class Scan:
         }
 
 
+class SkipKind(enum.Enum):
+    """Why discovery set a file (or a DICOM series, by its folder) aside."""
+
+    HIDDEN = "hidden"  # a name starting with "."
+    NOT_DICOM = "not_dicom"  # neither NIfTI, plain image nor DICOM: notes, spreadsheets, ...
+    DICOMDIR = "dicomdir"  # the index file of a DICOM medium
+    NON_IMAGE_OBJECT = "non_image_object"  # DICOM SEG, RTSTRUCT, SR, presentation states, ...
+    NO_PIXEL_DATA = "no_pixel_data"  # a DICOM image modality without pixel data
+    NO_SERIES_UID = "no_series_uid"  # a DICOM image without SeriesInstanceUID
+    UNREADABLE_DICOM = "unreadable_dicom"  # truncated or corrupt DICOM header
+    BROKEN_SERIES = "broken_series"  # missing slices, irregular spacing, mixed sizes or orientations
+    UNREADABLE_NIFTI = "unreadable_nifti"  # a NIfTI header that nibabel cannot read
+    TRUNCATED_NIFTI = "truncated_nifti"  # fewer bytes on disk than the header needs
+    NOT_2D_OR_3D = "not_2d_or_3d"  # a 4D (or higher) NIfTI
+    UNREADABLE_IMAGE = "unreadable_image"  # a PNG/TIFF/JPEG that SimpleITK cannot read
+
+
+# The skip kind of each reason why a DICOM file is not an image slice.
+_DICOM_SKIP_KINDS = {
+    NotAnImageKind.NOT_DICOM: SkipKind.NOT_DICOM,
+    NotAnImageKind.DICOMDIR: SkipKind.DICOMDIR,
+    NotAnImageKind.NON_IMAGE_OBJECT: SkipKind.NON_IMAGE_OBJECT,
+    NotAnImageKind.NO_PIXEL_DATA: SkipKind.NO_PIXEL_DATA,
+    NotAnImageKind.NO_SERIES_UID: SkipKind.NO_SERIES_UID,
+    NotAnImageKind.UNREADABLE_HEADER: SkipKind.UNREADABLE_DICOM,
+}
+
+
 @dataclass
 class SkippedFile:
-    """A file (or a broken DICOM series, by its folder) that is not a usable scan, and why."""
+    """A file (or a broken DICOM series, by its folder) that is not a usable scan: ``kind`` says
+    why for code, ``reason`` for humans (with the details: modality, sizes, file names)."""
 
     path: str
     reason: str
+    kind: SkipKind
 
 
 @dataclass
@@ -85,7 +120,11 @@ class ScanDiscovery:
     skipped: list[SkippedFile] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"scans": [s.as_dict() for s in self.scans], "skipped": [asdict(s) for s in self.skipped]}
+        """JSON-ready: scans as :meth:`Scan.as_dict`, skipped files as ``{"path", "reason"}``."""
+        return {
+            "scans": [s.as_dict() for s in self.scans],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+        }
 
 
 def safe_scan_id(text: str) -> str:
@@ -110,27 +149,23 @@ def _nifti_scan(path: Path, rel: str) -> Scan | SkippedFile:
         shape = tuple(int(s) for s in img.shape)
         zooms = tuple(float(z) for z in img.header.get_zooms())
     except Exception as exc:
-        return SkippedFile(rel, f"unreadable NIfTI header ({type(exc).__name__}: {exc})")
+        return SkippedFile(
+            rel, f"unreadable NIfTI header ({type(exc).__name__}: {exc})", SkipKind.UNREADABLE_NIFTI
+        )
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) > 3:
-        return SkippedFile(rel, f"{len(shape)}D NIfTI of shape {shape}; expected a 2D or 3D volume")
+        return SkippedFile(
+            rel, f"{len(shape)}D NIfTI of shape {shape}; expected a 2D or 3D volume", SkipKind.NOT_2D_OR_3D
+        )
     if not path.name.lower().endswith(".gz"):
         voxels = int(np.prod(img.shape))
         expected = int(img.header.get_data_offset()) + int(img.header.get_data_dtype().itemsize) * voxels
         size = path.stat().st_size
         if size < expected:
-            return SkippedFile(rel, f"truncated NIfTI: {size} bytes on disk, the header needs {expected}")
-    if len(shape) == 3 and shape[-1] == 1:
-        shape = shape[:2]
-    return Scan(
-        scan_id=safe_scan_id(_strip_suffix(rel)),
-        kind="nifti",
-        source=rel,
-        files=[path],
-        shape=shape,
-        spacing=zooms[: len(shape)],
-    )
+            reason = f"truncated NIfTI: {size} bytes on disk, the header needs {expected}"
+            return SkippedFile(rel, reason, SkipKind.TRUNCATED_NIFTI)
+    return _file_scan(path, rel, "nifti", shape, zooms)
 
 
 def _image_scan(path: Path, rel: str) -> Scan | SkippedFile:
@@ -141,17 +176,24 @@ def _image_scan(path: Path, rel: str) -> Scan | SkippedFile:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        return SkippedFile(rel, f"unreadable image file ({str(exc).strip().splitlines()[-1]})")
+        return SkippedFile(
+            rel, f"unreadable image file ({str(exc).strip().splitlines()[-1]})", SkipKind.UNREADABLE_IMAGE
+        )
     shape = tuple(int(s) for s in reader.GetSize())
+    return _file_scan(path, rel, "image", shape, tuple(float(s) for s in reader.GetSpacing()))
+
+
+def _file_scan(path: Path, rel: str, kind: str, shape: tuple[int, ...], spacing: tuple[float, ...]) -> Scan:
+    """A scan stored in one file (NIfTI or plain image); a single-slice 3D shape counts as 2D."""
     if len(shape) == 3 and shape[-1] == 1:
         shape = shape[:2]
     return Scan(
         scan_id=safe_scan_id(_strip_suffix(rel)),
-        kind="image",
+        kind=kind,
         source=rel,
         files=[path],
         shape=shape,
-        spacing=tuple(float(s) for s in reader.GetSpacing())[: len(shape)],
+        spacing=tuple(spacing)[: len(shape)],
     )
 
 
@@ -170,7 +212,7 @@ def _dicom_scan(headers: list[SliceHeader], root: Path) -> Scan | SkippedFile:
         ordered = order_series(headers)
         geometry = check_series(ordered, name)
     except DicomSeriesError as exc:
-        return SkippedFile(folder or ".", str(exc))
+        return SkippedFile(folder or ".", str(exc), SkipKind.BROKEN_SERIES)
     return Scan(
         scan_id=sid,
         kind="dicom",
@@ -206,7 +248,7 @@ def discover_scans(root: str | Path) -> ScanDiscovery:
             path = Path(dirpath) / fname
             rel = path.relative_to(root).as_posix()
             if fname.startswith("."):
-                result.skipped.append(SkippedFile(rel, "hidden file"))
+                result.skipped.append(SkippedFile(rel, "hidden file", SkipKind.HIDDEN))
             elif is_nifti(fname):
                 found = _nifti_scan(path, rel)
                 (result.scans if isinstance(found, Scan) else result.skipped).append(found)  # type: ignore[arg-type]
@@ -217,7 +259,7 @@ def discover_scans(root: str | Path) -> ScanDiscovery:
                 try:
                     header = read_slice_header(path)
                 except NotAnImageFile as exc:
-                    result.skipped.append(SkippedFile(rel, str(exc)))
+                    result.skipped.append(SkippedFile(rel, str(exc), _DICOM_SKIP_KINDS[exc.kind]))
                     continue
                 series[header.series_uid].append(header)
     for headers in series.values():

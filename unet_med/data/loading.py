@@ -5,8 +5,9 @@ library per format: nibabel for NIfTI (as MONAI's ``NibabelReader``), SimpleITK 
 single DICOM files and PNG/TIFF. Why our own reader: MONAI's ``ITKReader`` needs the ``itk``
 package (not a dependency), ``PydicomReader`` orders slices by its own rules and gives no error
 for missing slices, and neither reports which file broke a series. Here DICOM series are grouped
-by SeriesInstanceUID, ordered along the slice normal and checked (:mod:`unet_med.data.dicom`)
-before SimpleITK reads them, so a broken series raises one :class:`ScanLoadError` naming it.
+by SeriesInstanceUID, ordered along the slice normal and checked (:mod:`unet_med.dicom.series`)
+before SimpleITK reads them (:mod:`unet_med.dicom.reading`), so a broken series raises one
+:class:`ScanLoadError` naming it.
 
 Arrays use the NIfTI/ITK index order (i, j, k) = (column, row, slice); ``affine`` is the RAS
 voxel-to-world matrix in mm (as ``NibabelReader`` gives), so the same volume stored as NIfTI and
@@ -25,13 +26,8 @@ import numpy as np
 from monai.data import ImageReader, MetaTensor
 from monai.utils import ensure_tuple
 
-from unet_med.data.dicom import (
-    DicomSeriesError,
-    NotAnImageFile,
-    check_series,
-    order_series,
-    read_slice_header,
-)
+from unet_med.dicom.reading import read_dicom_series, sitk_image_to_array
+from unet_med.dicom.series import DicomSeriesError, series_files
 
 __all__ = ["ScanLoadError", "ScanReader", "load_scan", "load_image", "is_nifti", "is_plain_image"]
 
@@ -49,45 +45,6 @@ def is_nifti(path: str | Path) -> bool:
 
 def is_plain_image(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
-
-
-def _ras_from_lps(affine: np.ndarray) -> np.ndarray:
-    out = affine.copy()
-    n = min(2, out.shape[0] - 1)
-    out[:n, :] *= -1
-    return out
-
-
-def _sitk_to_array_meta(image: Any, *, world: bool) -> tuple[np.ndarray, dict]:
-    """SimpleITK image -> (array in (i, j, k[, c]) order, meta with RAS affine)."""
-    import SimpleITK as sitk
-
-    arr = sitk.GetArrayFromImage(image)
-    nd = image.GetDimension()
-    comps = image.GetNumberOfComponentsPerPixel()
-    if comps == 1:
-        arr = arr.transpose(tuple(range(nd))[::-1])
-    else:
-        arr = np.moveaxis(arr.transpose(tuple(range(nd))[::-1] + (nd,)), -1, -1)
-    spacing = np.asarray(image.GetSpacing(), dtype=float)
-    if world:
-        direction = np.asarray(image.GetDirection(), dtype=float).reshape(nd, nd)
-        lps = np.eye(4)
-        lps[:nd, :nd] = direction @ np.diag(spacing)
-        lps[:nd, 3] = image.GetOrigin()
-        affine = _ras_from_lps(lps)
-    else:
-        affine = np.eye(4)
-        affine[:nd, :nd] = np.diag(spacing)
-    meta = {
-        "affine": affine,
-        "original_affine": affine.copy(),
-        "spatial_shape": np.asarray(image.GetSize()),
-        "spacing": spacing,
-        "space": "RAS",
-        "original_channel_dim": float("nan") if comps == 1 else -1,
-    }
-    return arr, meta
 
 
 def _squeeze_to_3d(arr: np.ndarray, spatial_shape: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -137,69 +94,6 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, dict]:
     return arr, meta
 
 
-def dicom_series_files(paths: Sequence[str | Path], name: str | None = None) -> list[Path]:
-    """Files of exactly one DICOM image series, ordered along the slice normal and checked.
-
-    ``paths`` may be a folder (searched recursively) or a list of files.
-
-    Raises:
-        ScanLoadError: no DICOM images, several series, or an irregular series (missing slices,
-            inconsistent spacing, mixed sizes), naming ``name`` (default: the first path).
-    """
-    name = name or str(paths[0])
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
-        elif p.exists():
-            files.append(p)
-        else:
-            raise ScanLoadError(f"{name}: file not found: {p}")
-    headers, reasons = [], []
-    for f in files:
-        try:
-            headers.append(read_slice_header(f))
-        except NotAnImageFile as exc:
-            reasons.append(f"{f.name}: {exc}")
-    if not headers:
-        detail = f" ({'; '.join(reasons[:3])})" if reasons else " (empty)"
-        raise ScanLoadError(f"{name}: no DICOM image files{detail}")
-    uids = sorted({h.series_uid for h in headers})
-    if len(uids) > 1:
-        raise ScanLoadError(
-            f"{name}: holds {len(uids)} DICOM series; pass the files of one series "
-            "(`unet-med scans` lists them separately)"
-        )
-    try:
-        ordered = order_series(headers)
-        check_series(ordered, name)
-    except DicomSeriesError as exc:
-        raise ScanLoadError(str(exc)) from None
-    return [h.path for h in ordered]
-
-
-def read_dicom_series(files: Sequence[Path], name: str) -> tuple[np.ndarray, dict]:
-    """Read ordered, checked DICOM files with SimpleITK (rescale slope/intercept applied)."""
-    import SimpleITK as sitk
-
-    try:
-        if len(files) == 1:
-            image = sitk.ReadImage(str(files[0]))
-        else:
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames([str(f) for f in files])
-            image = reader.Execute()
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ScanLoadError(f"{name}: DICOM pixel data cannot be read ({first})") from None
-    arr, meta = _sitk_to_array_meta(image, world=True)
-    if arr.ndim == 3 and arr.shape[2] == 1:  # single-slice DICOM is a 2D image placed in 3D space
-        arr = arr[:, :, 0]
-        meta["spatial_shape"] = meta["spatial_shape"][:2]
-        meta["spacing"] = meta["spacing"][:2]
-    return arr, meta
-
-
 def read_plain_image(path: str | Path) -> tuple[np.ndarray, dict]:
     """PNG/TIFF/JPEG with SimpleITK; identity-like affine in pixel units (no patient geometry)."""
     import SimpleITK as sitk
@@ -210,7 +104,7 @@ def read_plain_image(path: str | Path) -> tuple[np.ndarray, dict]:
         raise ScanLoadError(
             f"{path}: image file cannot be read ({str(exc).strip().splitlines()[-1]})"
         ) from None
-    return _sitk_to_array_meta(image, world=False)
+    return sitk_image_to_array(image, world=False)
 
 
 class ScanReader(ImageReader):
@@ -237,7 +131,10 @@ class ScanReader(ImageReader):
                 f"{paths[0]}: a mix of NIfTI/image files and other files cannot form one scan"
             )
         name = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} files)"
-        return [read_dicom_series(dicom_series_files(paths, name), name)]
+        try:
+            return [read_dicom_series(series_files(paths, name), name)]
+        except DicomSeriesError as exc:
+            raise ScanLoadError(str(exc)) from None
 
     def get_data(self, img: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
         arrays = [a for a, _ in img]

@@ -8,6 +8,9 @@ of ``train``, ``val``, ``test``; the optional integer ``fold`` drives cross-vali
 A manifest may have a JSON sidecar with the same stem (``manifest.csv`` -> ``manifest.json``)
 declaring ``{"labels": {"0": "background", "1": "organ", ...}}``: the label classes that
 validation checks against and that training names its per-class metrics after.
+
+Checking a manifest and the files it names is :func:`unet_med.data.validation.validate_manifest`
+(validation reads manifests; this module does not import it).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ __all__ = [
     "manifest_sha256",
     "manifest_labels",
     "manifest_sidecar",
-    "validate_manifest",
 ]
 
 REQUIRED_COLUMNS = ("subject_id", "image", "label", "split")
@@ -169,10 +171,3 @@ def manifest_labels(path: str | Path) -> dict[int, str] | None:
         raise ManifestError(
             f"{sidecar}: 'labels' must map integer class values to names, got {labels!r}"
         ) from None
-
-
-def validate_manifest(path: str | Path, **kwargs: Any) -> Any:
-    """Check a manifest and the files it names; see :func:`unet_med.data.validation.validate_manifest`."""
-    from unet_med.data.validation import validate_manifest as _validate
-
-    return _validate(path, **kwargs)

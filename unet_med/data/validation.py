@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.data.utils import affine_to_spacing
 
 from unet_med.data.loading import ScanLoadError, load_image
 from unet_med.data.manifest import CHANNEL_SEPARATOR, SPLITS, ManifestError, manifest_labels, read_manifest
@@ -91,18 +92,24 @@ class ManifestReport:
         return "\n".join(lines)
 
 
+def _voxel_size(image: Any) -> np.ndarray:
+    """Voxel edge lengths in mm of a loaded channel-first scan (its affine's column norms)."""
+    affine = np.asarray(image.affine, dtype=float)
+    return affine_to_spacing(affine, r=affine.shape[0] - 1, suppress_zeros=False)[: image.ndim - 1]
+
+
 def _geometry_mismatch(image: Any, label: Any) -> str | None:
     nd = image.ndim - 1
     a, b = np.asarray(image.affine, dtype=float), np.asarray(label.affine, dtype=float)
     cols = list(range(nd)) + [a.shape[1] - 1]
     ra, rb = a[:3, cols], b[:3, cols]
-    spacing = np.linalg.norm(a[:3, :nd], axis=0)
+    spacing = _voxel_size(image)
     if np.allclose(ra, rb, atol=1e-3 * float(spacing.max()) + 1e-4):
         return None
     return (
         f"image and label geometry differ: image spacing {np.round(spacing, 4).tolist()} mm, origin "
         f"{np.round(a[:3, -1], 3).tolist()}; label spacing "
-        f"{np.round(np.linalg.norm(b[:3, :nd], axis=0), 4).tolist()} mm, "
+        f"{np.round(_voxel_size(label), 4).tolist()} mm, "
         f"origin {np.round(b[:3, -1], 3).tolist()}"
     )
 
@@ -172,9 +179,7 @@ def validate_manifest(
             if bad:
                 report.add(row, sid, f"image has {bad} NaN/Inf voxel(s): {image_paths[0]}")
         report.shapes[tuple(image.shape[1:])] += 1
-        report.spacings.append(
-            tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, : image.ndim - 1], axis=0))
-        )
+        report.spacings.append(tuple(float(s) for s in _voxel_size(image)))
         if not rec["label"] or _missing([rec["label"]]):
             continue
         try:

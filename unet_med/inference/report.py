@@ -1,10 +1,12 @@
-"""Batch-inference reports: per-label volumes, ``report.csv`` (one row per scan, one file per
-part when several machines share an output folder, merged afterwards) and QC pictures.
+"""Batch-inference reports: ``report.csv`` (one row per scan, one file per part when several
+machines share an output folder, merged afterwards), per-label volumes and Dice, and the rows for
+what discovery set aside.
 
 Report columns: ``scan_id, source, status (ok|failed|skipped), error, seconds`` then
-``voxels_<label>`` and ``volume_ml_<label>`` for every foreground label. Volumes are in
-millilitres: voxel count x voxel volume in mm^3 / 1000 (a 2D image counts its pixels as 1 mm
-deep along the missing axis, so its "volume" is area in cm^2 x 0.1).
+``voxels_<label>`` and ``volume_ml_<label>`` for every foreground label (and ``dice_<label>`` with
+reference label maps). Volumes are in millilitres: voxel count x voxel volume in mm^3 / 1000 (a
+2D image counts its pixels as 1 mm deep along the missing axis, so its "volume" is area in cm^2 x
+0.1).
 """
 
 from __future__ import annotations
@@ -18,21 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from unet_med.plots import save_qc_picture  # re-exported: report rows and QC pictures go together
+from unet_med.data.discovery import SkipKind, SkippedFile, safe_scan_id
+from unet_med.data.loading import ScanLoadError, is_nifti, is_plain_image
 
 __all__ = [
     "BASE_COLUMNS",
     "REPORT_NAME",
     "STATUSES",
+    "discovery_rows",
+    "error_text",
     "label_column_name",
     "label_dice",
     "label_volumes",
+    "mean_dice",
     "merge_reports",
     "part_report_name",
     "read_report",
     "report_columns",
     "report_summary",
-    "save_qc_picture",
     "write_report",
 ]
 
@@ -57,8 +62,11 @@ def report_columns(labels: Mapping[int, str], *, dice: bool = False) -> list[str
 
 
 def label_dice(prediction: np.ndarray, reference: np.ndarray, labels: Mapping[int, str]) -> dict[str, float]:
-    """Dice per foreground label (``monai.metrics.compute_dice``) of two label maps on one grid;
-    NaN for a label absent from both.
+    """Dice per foreground label (``monai.metrics.compute_dice``) of two label maps on one grid.
+
+    A label absent from both maps gets NaN (no evidence either way; MONAI's ``ignore_empty=False``
+    would say 1.0, ``ignore_empty=True`` NaN also where only the prediction has the label); a label
+    in only one of them gets 0.0. Mean Dice over a batch (:func:`mean_dice`) skips the NaNs.
 
     Raises:
         ValueError: when the shapes differ.
@@ -184,3 +192,53 @@ def merge_reports(out_dir: str | Path) -> Path:
 def report_summary(statuses: Sequence[str]) -> dict[str, int]:
     """Counts per status (``ok``, ``failed``, ``skipped``)."""
     return {s: sum(1 for x in statuses if x == s) for s in STATUSES}
+
+
+# What a skipped file becomes in the report, by the kind discovery gave it: no row (not a scan at
+# all), or a "skipped" row (a DICOM object that holds no image). Every other kind is a "failed"
+# scan: an unreadable, truncated or 4D NIfTI/image file, a broken series, an unreadable DICOM header.
+_STATUS_OF_SKIP: dict[SkipKind, str | None] = {
+    SkipKind.HIDDEN: None,
+    SkipKind.NOT_DICOM: None,
+    SkipKind.NON_IMAGE_OBJECT: "skipped",
+    SkipKind.DICOMDIR: "skipped",
+    SkipKind.NO_PIXEL_DATA: "skipped",
+}
+
+
+def discovery_rows(skipped: Sequence[SkippedFile]) -> list[dict[str, Any]]:
+    """Report rows for what discovery set aside, decided by each file's :class:`SkipKind`: a
+    NIfTI/image file (even a hidden one) or a broken DICOM series is a *failed* scan; a non-image
+    DICOM object (SEG, RTSTRUCT, DICOMDIR, no pixel data) is *skipped* with its reason; other files
+    (no DICOM preamble, hidden files) are not scans and get no row."""
+    rows = []
+    for item in skipped:
+        path = str(item.path)
+        scan_file = is_nifti(path) or is_plain_image(path)
+        status = "failed" if scan_file else _STATUS_OF_SKIP.get(item.kind, "failed")
+        if status is None:
+            continue
+        stem = re.sub(r"(\.nii\.gz|\.nii|\.[A-Za-z]+)$", "", path)
+        row = {"scan_id": safe_scan_id(stem), "source": path, "status": status, "error": item.reason}
+        rows.append({**row, "seconds": 0.0})
+    return rows
+
+
+def error_text(exc: BaseException) -> str:
+    """The ``error`` column for a scan that failed: one line, at most 500 characters; the exception
+    type is named unless the message already names the scan (load errors, ``scan <id>: ...``)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ScanLoadError) or text.startswith("scan "):
+        return text[:500]
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def mean_dice(rows: Sequence[Mapping[str, Any]]) -> tuple[float, int] | None:
+    """(mean of every ``dice_<label>`` value that is not NaN, number of rows with Dice columns), or
+    None when no row has a Dice value."""
+    values = [
+        float(v) for r in rows for k, v in r.items()
+        if k.startswith("dice_") and v is not None and not math.isnan(float(v))
+    ]
+    scored = sum(1 for r in rows if any(k.startswith("dice_") for k in r))
+    return (sum(values) / len(values), scored) if values else None

@@ -1,9 +1,8 @@
-"""Demo data generator and manifest reading: splits, dtypes, classes, touching objects, geometry."""
+"""Demo data generator: splits, dtypes, classes, touching objects, geometry, determinism."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from scipy import ndimage
 
 from unet_med.data import (
@@ -14,7 +13,6 @@ from unet_med.data import (
     manifest_sha256,
     read_manifest,
 )
-from unet_med.data.manifest import ManifestError
 
 
 def test_demo_2d_manifest_splits_classes_and_touching_objects(tmp_path):
@@ -64,41 +62,3 @@ def test_demo_3d_dicom_is_ct_like_with_anisotropic_rotated_geometry(tmp_path):
     spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
     assert np.allclose(spacing, [0.8, 0.8, 2.5], atol=1e-4)
     assert set(np.unique(lab.numpy()).tolist()) == {0, 1, 2}
-
-
-def test_datalist_split_and_fold_selection(tmp_path):
-    csv = tmp_path / "m.csv"
-    csv.write_text(
-        "subject_id,image,label,split,fold\n"
-        "a,img/a.nii.gz,lab/a.nii.gz,train,0\n"
-        "b,img/b.nii.gz,lab/b.nii.gz,train,1\n"
-        "c,img/c_0000.nii.gz;img/c_0001.nii.gz,,test,\n"
-    )
-    train = manifest_datalist(csv, "train")
-    assert [d["subject_id"] for d in train] == ["a", "b"]
-    assert train[0]["image"] == str(tmp_path / "img" / "a.nii.gz")
-    test = manifest_datalist(csv, "test")
-    assert test[0]["image"] == [
-        str(tmp_path / "img" / "c_0000.nii.gz"),
-        str(tmp_path / "img" / "c_0001.nii.gz"),
-    ]
-    assert "label" not in test[0]
-    assert [d["subject_id"] for d in manifest_datalist(csv, "val", fold=1)] == ["b"]
-    assert [d["subject_id"] for d in manifest_datalist(csv, "train", fold=1)] == ["a"]
-    with pytest.raises(ManifestError, match="unknown split"):
-        manifest_datalist(csv, "training")
-
-
-def test_read_manifest_names_missing_columns(tmp_path):
-    csv = tmp_path / "bad.csv"
-    csv.write_text("subject,image,split\nx,a.nii.gz,train\n")
-    with pytest.raises(ManifestError, match=r"bad.csv: missing column\(s\) subject_id, label"):
-        read_manifest(csv)
-
-
-def test_demo_data_cli(tmp_path, capsys):
-    from pipelines.cli import main
-
-    assert main(["demo-data", "--out", str(tmp_path / "cli"), "--dims", "3", "--n", "3", "--size", "24"]) == 0
-    out = capsys.readouterr().out
-    assert "train 1, val 1, test 1" in out and (tmp_path / "cli" / "manifest.csv").is_file()

@@ -1,4 +1,4 @@
-"""DICOM series: header reading, grouping by SeriesInstanceUID, slice ordering, consistency checks, writing.
+"""DICOM series: header reading, grouping by SeriesInstanceUID, slice ordering, consistency checks.
 
 Headers are read with pydicom (pixel data deferred), so grouping and ordering a series costs a few
 milliseconds per file. Slices are ordered by their position along the slice normal
@@ -11,6 +11,7 @@ Patient-identifying tags are never read into the structures below.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,17 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_med.atomic_files import atomic_output
-
 __all__ = [
     "NON_IMAGE_MODALITIES",
     "DicomSeriesError",
+    "NotAnImageFile",
+    "NotAnImageKind",
+    "SeriesGeometry",
     "SliceHeader",
-    "read_slice_header",
-    "order_series",
     "check_series",
+    "order_series",
+    "read_slice_header",
+    "series_files",
     "series_hash",
-    "write_dicom_series",
 ]
 
 # Series that hold no image volume: segmentations, structure sets, reports, presentation states...
@@ -75,8 +77,24 @@ class SliceHeader:
         return np.cross(row, col)
 
 
+class NotAnImageKind(enum.Enum):
+    """Why a file is not a DICOM image slice (what :class:`NotAnImageFile` carries as ``kind``)."""
+
+    NOT_DICOM = "not_dicom"  # no 'DICM' preamble: any other file
+    DICOMDIR = "dicomdir"  # the index file of a DICOM medium
+    NON_IMAGE_OBJECT = "non_image_object"  # SEG, RTSTRUCT, SR, ... (NON_IMAGE_MODALITIES)
+    NO_PIXEL_DATA = "no_pixel_data"  # an image modality without PixelData/FloatPixelData
+    NO_SERIES_UID = "no_series_uid"  # an image that cannot be grouped into a series
+    UNREADABLE_HEADER = "unreadable_header"  # truncated or corrupt header
+
+
 class NotAnImageFile(ValueError):
-    """A file that is not a DICOM image slice; the message is the skip reason."""
+    """A file that is not a DICOM image slice; the message is the reason for humans, ``kind`` the
+    reason for code."""
+
+    def __init__(self, kind: NotAnImageKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def read_slice_header(path: str | Path) -> SliceHeader:
@@ -91,25 +109,29 @@ def read_slice_header(path: str | Path) -> SliceHeader:
 
     path = Path(path)
     if path.name.upper() == "DICOMDIR":
-        raise NotAnImageFile("DICOMDIR index file, not an image")
+        raise NotAnImageFile(NotAnImageKind.DICOMDIR, "DICOMDIR index file, not an image")
     try:
         # defer_size keeps PixelData unread; its presence is still visible.
         ds = pydicom.dcmread(path, defer_size=256)
     except InvalidDicomError:
-        raise NotAnImageFile("not a DICOM file (no 'DICM' preamble)") from None
+        raise NotAnImageFile(NotAnImageKind.NOT_DICOM, "not a DICOM file (no 'DICM' preamble)") from None
     except Exception as exc:  # truncated or corrupt headers raise many different errors
-        raise NotAnImageFile(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from None
+        raise NotAnImageFile(
+            NotAnImageKind.UNREADABLE_HEADER, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
+        ) from None
     sop_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
     if sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        raise NotAnImageFile("DICOMDIR index file, not an image")
+        raise NotAnImageFile(NotAnImageKind.DICOMDIR, "DICOMDIR index file, not an image")
     modality = str(ds.get("Modality", "")).upper()
     if modality in NON_IMAGE_MODALITIES:
-        raise NotAnImageFile(f"non-image DICOM object (Modality {modality})")
+        raise NotAnImageFile(NotAnImageKind.NON_IMAGE_OBJECT, f"non-image DICOM object (Modality {modality})")
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise NotAnImageFile(f"DICOM file without pixel data (Modality {modality or 'unknown'})")
+        raise NotAnImageFile(
+            NotAnImageKind.NO_PIXEL_DATA, f"DICOM file without pixel data (Modality {modality or 'unknown'})"
+        )
     uid = ds.get("SeriesInstanceUID")
     if not uid:
-        raise NotAnImageFile("DICOM image without SeriesInstanceUID")
+        raise NotAnImageFile(NotAnImageKind.NO_SERIES_UID, "DICOM image without SeriesInstanceUID")
 
     def floats(name: str) -> tuple[float, ...] | None:
         value = ds.get(name)
@@ -224,106 +246,40 @@ def check_series(ordered: Sequence[SliceHeader], name: str = "series") -> Series
     )
 
 
-def _lps_geometry(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Origin, unit direction columns and spacing (mm) in LPS from a RAS voxel-to-world affine."""
-    affine = np.asarray(affine, dtype=float)
-    n = affine.shape[0] - 1
-    ras_to_lps = np.diag([-1.0, -1.0] + [1.0] * (n - 2) + [1.0])
-    lps = ras_to_lps @ affine
-    m = lps[:n, :n]
-    spacing = np.linalg.norm(m, axis=0)
-    return lps[:n, n], m / spacing, spacing
+def series_files(paths: Sequence[str | Path], name: str | None = None) -> list[Path]:
+    """Files of exactly one DICOM image series, ordered along the slice normal and checked.
 
+    ``paths`` may be a folder (searched recursively) or a list of files.
 
-def write_dicom_series(
-    volume: np.ndarray,
-    affine: np.ndarray,
-    out_dir: str | Path,
-    *,
-    series_uid: str | None = None,
-    study_uid: str | None = None,
-    modality: str = "CT",
-    subject: str = "ANON",
-    series_description: str = "unet-med",
-    file_names: Sequence[str] | None = None,
-) -> list[Path]:
-    """Write a 3D int16 volume as a classic single-frame DICOM series (one file per slice along axis 2).
-
-    Args:
-        volume: array indexed (i, j, k) = (column, row, slice), values stored as int16 (HU for CT).
-        affine: 4x4 RAS voxel-to-world affine in mm (the NIfTI convention); the series gets the
-            same world geometry (ImagePositionPatient/ImageOrientationPatient in LPS).
-        out_dir: folder to write into (created).
-        series_uid, study_uid: UIDs (generated when None).
-        subject: value for PatientName/PatientID (synthetic data only).
-        file_names: names per slice (default ``slice_0000.dcm`` ...); tests use shuffled names.
-
-    Returns:
-        The written paths, in slice order.
+    Raises:
+        DicomSeriesError: a missing file, no DICOM images, several series, or an irregular series
+            (missing slices, inconsistent spacing, mixed sizes), naming ``name`` (default: the
+            first path).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    volume = np.asarray(volume)
-    if volume.ndim == 2:
-        volume = volume[:, :, None]
-    if volume.ndim != 3:
-        raise ValueError(f"write_dicom_series expects a 2D or 3D volume, got shape {volume.shape}")
-    affine = np.asarray(affine, dtype=float)
-    if affine.shape == (3, 3):  # 2D affine: embed in 3D with unit slice spacing
-        a3 = np.eye(4)
-        a3[:2, :2], a3[:2, 3] = affine[:2, :2], affine[:2, 2]
-        affine = a3
-    origin, direction, spacing = _lps_geometry(affine)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    frame_uid = generate_uid(entropy_srcs=[series_uid, "frame"])
-    sop_class = CTImageStorage if modality == "CT" else MRImageStorage
-    data = np.clip(np.rint(volume), -32768, 32767).astype(np.int16)
-    n = data.shape[2]
-    names = list(file_names) if file_names is not None else [f"slice_{k:04d}.dcm" for k in range(n)]
-    if len(names) != n:
-        raise ValueError(f"file_names has {len(names)} names for {n} slices")
-    paths = []
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(k)])
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = modality
-        ds.PatientName = f"{subject}^Synthetic"  # family^given, as DICOM person names are
-        ds.PatientID = subject
-        ds.SeriesDescription = series_description
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = k + 1
-        pos = origin + k * spacing[2] * direction[:, 2]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in pos]
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1])]
-        ds.PixelSpacing = [
-            f"{spacing[1]:.6f}",
-            f"{spacing[0]:.6f}",
-        ]  # row spacing (along j), column (along i)
-        ds.SliceThickness = f"{spacing[2]:.6f}"
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).tobytes()
-        path = out_dir / names[k]
-        with atomic_output(path) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    name = name or str(paths[0])
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DicomSeriesError(f"{name}: file not found: {p}")
+    headers, reasons = [], []
+    for f in files:
+        try:
+            headers.append(read_slice_header(f))
+        except NotAnImageFile as exc:
+            reasons.append(f"{f.name}: {exc}")
+    if not headers:
+        detail = f" ({'; '.join(reasons[:3])})" if reasons else " (empty)"
+        raise DicomSeriesError(f"{name}: no DICOM image files{detail}")
+    uids = sorted({h.series_uid for h in headers})
+    if len(uids) > 1:
+        raise DicomSeriesError(
+            f"{name}: holds {len(uids)} DICOM series; pass the files of one series "
+            "(`unet-med scans` lists them separately)"
+        )
+    ordered = order_series(headers)
+    check_series(ordered, name)
+    return [h.path for h in ordered]

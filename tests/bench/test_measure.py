@@ -1,16 +1,19 @@
 """The benchmark scripts' building blocks: the JSON figures line, side-by-side timing, FLOP
-counting, the valid/same tile pairing and the serial stand-in for the background loader."""
+counting, peak memory, the valid/same tile pairing, the serial stand-in for the background loader
+and the inference benchmark's Dice."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from bench.batch import SerialExecutor
-from bench.measure import count_flops, emit_figures, format_table, interleaved_seconds
+from bench.inference import mean_foreground_dice
+from bench.measure import count_flops, emit_figures, format_table, interleaved_seconds, peak_rss_gib
 from bench.network import valid_and_same_tiles
 from unet_med.networks import create_unet
 
@@ -67,3 +70,19 @@ def test_serial_executor_runs_at_submit_and_delivers_errors_on_result() -> None:
     assert order == ["ran", "after submit"] and future.result() == 7
     with pytest.raises(ZeroDivisionError):
         failing.result()
+
+
+def test_peak_rss_grows_with_a_large_allocation() -> None:
+    before = peak_rss_gib()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    assert block.sum() > 0
+    assert 0 < before <= peak_rss_gib() and peak_rss_gib() >= 64 / 1024
+
+
+def test_benchmark_dice_is_the_mean_over_foreground_classes_with_empty_classes_as_one() -> None:
+    label = np.zeros((4, 4), np.int64)
+    label[:2, :2] = 1
+    pred = label.copy()
+    assert mean_foreground_dice(pred, label) == pytest.approx(1.0)  # class 2 absent from both counts 1.0
+    pred[0, 0] = 2
+    assert mean_foreground_dice(pred, label) == pytest.approx((2 * 3 / 7 + 0.0) / 2)

@@ -1,0 +1,227 @@
+"""``unet-med infer`` end to end on a tiny 3D bundle: geometry of outputs (NIfTI and DICOM inputs
+with rotated directions and anisotropic spacing), report rows, resume, bad scans, parts, DICOM SEG,
+reference Dice, --help and exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from pipelines.cli import main
+from unet_med.data.writing import save_nifti
+from unet_med.inference.outputs import output_stem
+
+
+def _infer(bundle: Path, scans: Path, out: Path, *extra: str) -> int:
+    return main(["infer", "--bundle", str(bundle), "--input", str(scans), "--output", str(out), *extra])
+
+
+def _report(out: Path, name: str = "report.csv") -> pd.DataFrame:
+    return pd.read_csv(out / name, dtype={"error": str}).fillna({"error": ""})
+
+
+def test_outputs_keep_each_scans_geometry_and_report_volumes(infer_bundle, infer_scans, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _infer(infer_bundle, infer_scans, out, "--dicom-seg") == 0
+    summary = capsys.readouterr().out
+    assert "3 scans: 3 ok, 0 failed, 0 skipped" in summary
+    report = _report(out)
+    assert list(report.columns) == [
+        "scan_id",
+        "source",
+        "status",
+        "error",
+        "seconds",
+        "voxels_organ",
+        "voxels_lesion",
+        "volume_ml_organ",
+        "volume_ml_lesion",
+    ]
+    assert set(report["status"]) == {"ok"}
+    assert len(report) == 3
+    for row in report.itertuples():
+        seg = out / f"{output_stem(row.scan_id)}_seg.nii.gz"
+        assert (out / f"{output_stem(row.scan_id)}_qc.png").stat().st_size > 1000
+        src = infer_scans / row.source
+        # geometry: read both with SimpleITK (DICOM series reader for the folder)
+        if src.is_dir():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(src)))
+            ref = reader.Execute()
+        else:
+            ref = sitk.ReadImage(str(src))
+            ref_nib, seg_nib = nib.load(str(src)), nib.load(str(seg))
+            np.testing.assert_allclose(seg_nib.affine, ref_nib.affine, atol=1e-5)
+            assert seg_nib.shape == ref_nib.shape
+        got = sitk.ReadImage(str(seg))
+        assert got.GetSize() == ref.GetSize()
+        np.testing.assert_allclose(got.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+        np.testing.assert_allclose(got.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+        np.testing.assert_allclose(got.GetDirection(), ref.GetDirection(), atol=1e-5)
+        assert not np.allclose(np.reshape(got.GetDirection(), (3, 3)), np.eye(3))
+        labels = np.asanyarray(nib.load(str(seg)).dataobj)
+        assert labels.dtype == np.uint8
+        assert 0 < row.voxels_organ < labels.size  # the bright ball is found, not everything
+        assert row.voxels_organ == int((labels == 1).sum())
+        voxel_ml = np.prod(ref.GetSpacing()) / 1000
+        assert row.volume_ml_organ == pytest.approx(row.voxels_organ * voxel_ml, rel=1e-4)
+    # the DICOM input also got a DICOM SEG that references its series
+    dicom_row = report[report["source"] == "series1"].iloc[0]
+    seg_ds = pydicom.dcmread(out / f"{output_stem(dicom_row.scan_id)}_seg.dcm")
+    assert seg_ds.Modality == "SEG"
+    assert seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.3680043.8.498.1"
+    assert [s.SegmentLabel for s in seg_ds.SegmentSequence] == ["organ", "lesion"]
+    frames = seg_ds.pixel_array  # (segments x slices, rows, columns)
+    nifti = np.asanyarray(nib.load(str(out / f"{output_stem(dicom_row.scan_id)}_seg.nii.gz")).dataobj)
+    assert frames.shape == (2 * 8, 16, 20)
+    assert int(frames[:8].sum()) == int((nifti == 1).sum())
+    # patient names never become file names
+    assert not any("SECRET" in p.name for p in out.iterdir())
+
+
+def test_resume_skips_finished_scans_and_redoes_truncated_ones(infer_bundle, infer_scans, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _infer(infer_bundle, infer_scans, out, "--no-qc") == 0
+    first = _report(out).set_index("scan_id")
+    segs = sorted(out.glob("*_seg.nii.gz"))
+    stamps = {p: p.stat().st_mtime_ns for p in segs}
+    # a crash mid-write of a non-atomic writer: the file is cut short
+    victim = segs[0]
+    victim.write_bytes(victim.read_bytes()[:40])
+    capsys.readouterr()
+    assert _infer(infer_bundle, infer_scans, out, "--no-qc") == 0
+    assert "1 ok, 0 failed, 2 skipped" in capsys.readouterr().out
+    second = _report(out).set_index("scan_id")
+    redone = second.index[second["status"] == "ok"].tolist()
+    assert [f"{output_stem(s)}_seg.nii.gz" for s in redone] == [victim.name]
+    for p in segs[1:]:
+        assert p.stat().st_mtime_ns == stamps[p]  # not rewritten
+    # skipped rows still carry the volumes read back from the finished outputs
+    pd.testing.assert_series_equal(second["voxels_organ"], first["voxels_organ"])
+    assert not list(out.glob(".*tmp*"))  # no temp files left behind
+
+
+def test_bad_scans_get_a_failed_row_and_the_others_are_segmented(infer_bundle, infer_scans, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for p in infer_scans.rglob("*.nii.gz"):
+        (scans / p.name).write_bytes(p.read_bytes())
+    good = (scans / "ct_a.nii.gz").read_bytes()
+    (scans / "truncated.nii.gz").write_bytes(good[: len(good) // 2])
+    save_nifti(np.zeros((8, 8, 6, 3), np.int16), np.eye(4), scans / "four_d.nii.gz")
+    save_nifti(np.zeros((16, 16), np.int16), np.eye(4), scans / "flat2d.nii.gz")
+    out = tmp_path / "out"
+    code = _infer(infer_bundle, scans, out, "--no-qc")
+    assert code == 1
+    captured = capsys.readouterr()
+    report = _report(out).set_index("source")
+    assert report.loc["ct_a.nii.gz", "status"] == "ok"
+    assert report.loc["ct_b.nii.gz", "status"] == "ok"
+    failed = report[report["status"] == "failed"]
+    assert set(failed.index) == {"truncated.nii.gz", "four_d.nii.gz", "flat2d.nii.gz"}
+    assert "truncated" in failed.loc["truncated.nii.gz", "error"]
+    assert "4D" in failed.loc["four_d.nii.gz", "error"]
+    assert "2D image" in failed.loc["flat2d.nii.gz", "error"] and "3D" in failed.loc["flat2d.nii.gz", "error"]
+    assert "2 ok, 3 failed" in captured.out
+
+
+def test_help_documents_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["infer", "--help"])
+    text = capsys.readouterr().out
+    assert "exit codes" in text and "1  at least one scan failed" in text
+
+
+def test_usage_errors_exit_2(infer_bundle, infer_scans, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _infer(infer_bundle, empty, tmp_path / "o1") == 2
+    assert "no NIfTI files or DICOM series" in capsys.readouterr().err
+    assert _infer(tmp_path / "nobundle", infer_scans, tmp_path / "o2") == 2
+    assert "bundle folder not found" in capsys.readouterr().err
+    assert (
+        _infer(infer_bundle, infer_scans, tmp_path / "o3", "--checkpoint", str(tmp_path / "missing.pt")) == 2
+    )
+    assert "checkpoint not found" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    assert _infer(infer_bundle, infer_scans, tmp_path / "o4", "--checkpoint", str(junk)) == 2
+    assert "weights_only=True" in capsys.readouterr().err
+    assert _infer(infer_bundle, infer_scans, tmp_path / "o5", "--num-parts", "2", "--part-id", "2") == 2
+    assert "--part-id" in capsys.readouterr().err
+
+
+def test_parts_share_one_folder_and_merge(infer_bundle, infer_scans, tmp_path, capsys):
+    out = tmp_path / "out"
+    for k in range(2):
+        assert _infer(infer_bundle, infer_scans, out, "--no-qc", "--num-parts", "2", "--part-id", str(k)) == 0
+    parts = [_report(out, f"report.part-{k}-of-2.csv") for k in range(2)]
+    ids = [set(p["scan_id"]) for p in parts]
+    assert len(ids[0]) == 2 and len(ids[1]) == 1 and not ids[0] & ids[1]
+    assert not (out / "report.csv").exists()
+    assert main(["infer", "--merge-reports", str(out)]) == 0
+    merged = _report(out)
+    assert list(merged["scan_id"]) == sorted(ids[0] | ids[1])
+    assert len(list(out.glob("*_seg.nii.gz"))) == 3
+    assert main(["infer", "--merge-reports", str(tmp_path)]) == 2
+
+
+def test_reference_manifest_adds_dice_and_split_selects_scans(infer_bundle, infer_scans, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _infer(infer_bundle, infer_scans, first, "--no-qc") == 0
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    a_seg = first / "ct_a_seg.nii.gz"
+    (refs / "a.nii.gz").write_bytes(a_seg.read_bytes())  # the prediction itself: Dice 1
+    img = nib.load(str(a_seg))
+    save_nifti(np.zeros(img.shape, np.uint8), img.affine, refs / "b.nii.gz")  # empty: Dice 0
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(
+        {
+            "subject_id": ["a", "b"],
+            "image": [str(infer_scans / "ct_a.nii.gz"), str(infer_scans / "sub" / "ct_b.nii.gz")],
+            "label": ["refs/a.nii.gz", ""],
+            "split": ["test", "train"],
+        }
+    ).to_csv(manifest, index=False)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert (
+        _infer(infer_bundle, infer_scans, out, "--no-qc", "--reference", str(manifest), "--split", "test")
+        == 0
+    )
+    summary = capsys.readouterr().out
+    assert "1 scans: 1 ok" in summary and "mean Dice 1.000 over 1 scans" in summary
+    report = _report(out)
+    assert list(report["scan_id"]) == ["ct_a"]  # only the test split
+    assert report.loc[0, "dice_organ"] == pytest.approx(1.0)
+    assert np.isnan(report.loc[0, "dice_lesion"])  # absent from both
+    # a wrong reference gives Dice 0 for the predicted label
+    pd.DataFrame(
+        {
+            "subject_id": ["a"],
+            "image": [str(infer_scans / "ct_a.nii.gz")],
+            "label": ["refs/b.nii.gz"],
+            "split": ["test"],
+        }
+    ).to_csv(manifest, index=False)
+    out2 = tmp_path / "out2"
+    assert _infer(infer_bundle, infer_scans, out2, "--no-qc", "--reference", str(manifest)) == 0
+    report = _report(out2).set_index("source")
+    assert len(report) == 3  # no --split: every scan, Dice where a reference exists
+    assert report.loc["ct_a.nii.gz", "dice_organ"] == pytest.approx(0.0)
+    assert np.isnan(report.loc["sub/ct_b.nii.gz", "dice_organ"])
+
+
+def test_set_overrides_config_ids_and_misfit_weights_are_a_usage_error(
+    infer_bundle, infer_scans, tmp_path, capsys
+):
+    # --set goes through the same overrides; a network override that the weights do not fit is a usage error
+    assert _infer(infer_bundle, infer_scans, tmp_path / "o", "--set", "network_def#widths=[4, 8]") == 2
+    assert "weights do not fit" in capsys.readouterr().err

@@ -1,0 +1,86 @@
+"""One scan -> its label map: load, preprocess, infer, post-process, back to the scan's own grid.
+
+Split in two steps so that batch inference can run :func:`prepare_scan` (disk and CPU bound) for
+the next scan in a background thread while :func:`predict_label_map` (network bound) runs for the
+current one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from monai.data.utils import to_affine_nd
+
+from unet_med.data.discovery import Scan
+from unet_med.inference.bundle_loading import InferenceBundle
+
+__all__ = ["PreparedScan", "predict_label_map", "prepare_scan"]
+
+
+@dataclass
+class PreparedScan:
+    """A loaded, preprocessed scan.
+
+    Attributes:
+        data: the transform dictionary (``"image"`` preprocessed, with its applied operations).
+        image: the first channel in the scan's own grid (for the QC picture).
+        affine: 4x4 RAS voxel-to-world affine of the scan (mm).
+        spatial_shape: the scan's size in voxels.
+    """
+
+    data: dict[str, Any]
+    image: np.ndarray
+    affine: np.ndarray
+    spatial_shape: tuple[int, ...]
+
+
+def prepare_scan(scan: Scan, bundle: InferenceBundle) -> PreparedScan:
+    """Load ``scan`` and run the bundle's preprocessing.
+
+    Raises:
+        ValueError: naming the scan when it is empty or does not fit the network (dimensions,
+            channels); :class:`~unet_med.data.loading.ScanLoadError` when it cannot be loaded.
+    """
+    from unet_med.data.loading import load_scan
+
+    image = load_scan(scan)
+    spatial = tuple(int(s) for s in image.shape[1:])
+    if image.numel() == 0 or any(s == 0 for s in spatial):
+        raise ValueError(f"scan {scan.scan_id}: empty image (shape {spatial})")
+    if len(spatial) != bundle.spatial_dims:
+        raise ValueError(
+            f"scan {scan.scan_id}: {len(spatial)}D image of shape {spatial}, but the bundle's network "
+            f"segments {bundle.spatial_dims}D images"
+        )
+    if image.shape[0] != bundle.in_channels:
+        raise ValueError(
+            f"scan {scan.scan_id}: {image.shape[0]} channel(s), but the bundle's network takes "
+            f"{bundle.in_channels}"
+        )
+    affine = to_affine_nd(3, image.affine.numpy())
+    raw = image[0].numpy().copy()
+    data = bundle.preprocessing({"image": image})
+    return PreparedScan(data=data, image=raw, affine=affine, spatial_shape=spatial)
+
+
+def predict_label_map(prepared: PreparedScan, bundle: InferenceBundle, name: str) -> np.ndarray:
+    """Label map (uint8, the scan's grid) of a prepared scan: inferer, postprocessing, checks.
+
+    Raises:
+        ValueError: naming ``name`` when the label map does not come back to the scan's shape.
+    """
+    import torch
+
+    from unet_med.inference.postprocessing import to_input_geometry
+
+    data = prepared.data
+    x = data["image"]
+    with torch.no_grad():
+        logits = bundle.inferer(x[None].to(bundle.device), bundle.network)
+        data["pred"] = logits[0].to("cpu")
+        data = bundle.postprocessing(data) if bundle.postprocessing is not None else data
+    return to_input_geometry(
+        data, preprocessing=bundle.preprocessing, spatial_shape=prepared.spatial_shape, name=name
+    )
