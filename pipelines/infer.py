@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
         f"report: {result.report_path}"
     )
     if tracking is not None:
-        from unet_med.inference_tracking import log_inference_run
+        from unet_med.tracking.linked_runs import log_inference_run
 
         run_id = log_inference_run(
             tracking, bundle_name=segmenter.bundle.name, bundle_version=segmenter.bundle.version,
@@ -210,8 +210,8 @@ def _checkpoint_path(args: argparse.Namespace) -> Path:
 def _plan_tracking(args: argparse.Namespace):
     """Where ``--track`` logs; checked before any scan is segmented (an unreachable store is a
     usage error, exit 2)."""
-    from unet_med.inference_tracking import plan_inference_tracking
-    from unet_med.tracking_store import TrackingStoreError
+    from unet_med.tracking.linked_runs import plan_inference_tracking
+    from unet_med.tracking.store import TrackingStoreError
 
     try:
         return plan_inference_tracking(
