@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.demo_data",
     "pipelines.scans",
     "pipelines.manifest",
+    "pipelines.plan",
     "pipelines.runs",
     "pipelines.mlflow_server",
     "pipelines.infer",

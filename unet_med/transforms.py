@@ -7,6 +7,19 @@ serves 2D (channel-first ``(C, H, W)``) and 3D (``(C, H, W, D)``) data.
 
 Sizes are in voxels, spacings in mm, CT intensities in Hounsfield units (HU).
 
+Intensity normalisation modes of :func:`preprocessing_transforms` (``intensity=``):
+
+- ``"ct"``: the fixed CT window ``window`` (HU) scaled to [0, 1] (the paper bundle's setting);
+- ``"ct_dataset"``: nnU-Net's CT scheme: clip to the dataset's foreground 0.5/99.5 percentiles
+  ``intensity_clip`` and z-score with the dataset's foreground ``intensity_mean``/``intensity_std``
+  (all from a plan's fingerprint), the same numbers for every scan;
+- ``"zscore_foreground"``: per scan and channel, z-score whose mean/std come from the body
+  foreground (:func:`body_foreground_mask`, Otsu), so the result does not depend on how much
+  air or background the field of view holds;
+- ``"mr"``: per-scan z-score over non-zero voxels (kept as it was; scanner noise makes air
+  non-zero, so prefer ``"zscore_foreground"``);
+- ``"none"``.
+
 Valid-convolution patch pairs: a U-Net with unpadded convolutions maps an input tile of size
 ``in`` to a centred output tile of size ``out = in - 2 * margin``. Training therefore samples the
 image patch at the network's legal *input* size and crops label and weight map to the matching
@@ -32,6 +45,7 @@ from monai.transforms import (
     Invertd,
     LoadImaged,
     MapTransform,
+    NormalizeIntensity,
     NormalizeIntensityd,
     Orientationd,
     RandAdjustContrastd,
@@ -53,6 +67,9 @@ __all__ = [
     "BorderWeightMapd",
     "RandCoarseElasticd",
     "ForegroundAbove",
+    "BodyForeground",
+    "ForegroundNormalizeIntensityd",
+    "body_foreground_mask",
     "border_weight_map",
     "class_balance_weights",
     "valid_patch_margin",
@@ -62,7 +79,15 @@ __all__ = [
     "prediction_inversion_transforms",
 ]
 
-INTENSITY_MODES = ("ct", "mr", "none")
+INTENSITY_MODES = ("ct", "ct_dataset", "zscore_foreground", "mr", "none")
+# Resampling orders as MONAI ``Spacingd`` modes: 0 and 1 run on torch ("nearest", "bilinear");
+# higher spline orders (e.g. 3, nnU-Net's image order) run on scipy.
+_RESAMPLE_MODES: dict[int, str] = {0: "nearest", 1: "bilinear"}
+# Voxels Otsu's threshold is computed from (an even subsample of larger scans: same threshold
+# to within the histogram's bin width, a fraction of the cost).
+_OTSU_MAX_VOXELS = 1_000_000
+# Connected pieces of a body mask smaller than this fraction of the largest are noise specks.
+_SPECK_FRACTION = 0.05
 
 
 # --------------------------------------------------------------------------- border weight map
@@ -318,6 +343,147 @@ class RandCoarseElasticd(Randomizable, MapTransform):
         return d
 
 
+# --------------------------------------------------------------------------- intensity normalisation
+
+
+def body_foreground_mask(channel: Any, *, fill_holes: bool = True) -> np.ndarray:
+    """Boolean mask of the body (or organ, or cells) in one spatial channel: voxels above Otsu's
+    threshold, without specks of noise, with cavities enclosed by the body filled.
+
+    Otsu's threshold splits the intensity histogram into the dark background (air, outside the
+    field of view, scanner noise around 0 in MR) and the bright object, wherever that background
+    lies: unlike ``image != 0`` it does not count noisy air as body, and unlike a fixed threshold
+    it needs no unit (HU, arbitrary MR values). When air dominates the field of view the
+    threshold can fall into the tail of the air's noise, so connected pieces smaller than 5% of
+    the largest are dropped (noise specks; objects such as cells of similar sizes all stay). For
+    scans larger than 1e6 voxels the threshold is computed from an even subsample. A constant
+    channel is all foreground.
+
+    Args:
+        channel: spatial array (no channel axis), numpy or torch.
+        fill_holes: fill cavities that the mask encloses (``scipy.ndimage.binary_fill_holes``).
+    """
+    from skimage.filters import threshold_otsu
+
+    arr = np.asarray(channel.detach().cpu() if isinstance(channel, torch.Tensor) else channel)
+    arr = arr.astype(np.float32, copy=False)
+    flat = arr.ravel()
+    finite = flat[np.isfinite(flat)]
+    if finite.size == 0 or finite.min() == finite.max():
+        return np.ones(arr.shape, bool)
+    step = max(1, finite.size // _OTSU_MAX_VOXELS)
+    threshold = threshold_otsu(finite[::step])
+    mask = arr > threshold
+    pieces, count = ndimage.label(mask)
+    if count > 1:
+        sizes = np.bincount(pieces.ravel())
+        sizes[0] = 0
+        mask = (sizes >= _SPECK_FRACTION * sizes.max())[pieces]
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    return mask
+
+
+class BodyForeground:
+    """``CropForegroundd`` selector: the :func:`body_foreground_mask` of every channel (picklable)."""
+
+    def __call__(self, x: Any) -> Any:
+        masks = np.stack([body_foreground_mask(c) for c in x])
+        # a plain boolean tensor, as ``x > threshold`` gives: MONAI's bounding box reads its maxima
+        return torch.as_tensor(masks, device=x.device) if isinstance(x, torch.Tensor) else masks
+
+    def __repr__(self) -> str:  # part of the PersistentDataset cache key
+        return "BodyForeground()"
+
+
+class ForegroundNormalizeIntensityd(MapTransform):
+    """Per-scan, per-channel z-score whose mean and standard deviation are taken over the body
+    foreground (:func:`body_foreground_mask`), applied to every voxel of the scan.
+
+    The statistics come from the body alone, so the same body gives the same normalised values
+    whether the field of view holds little or much background (a whole-volume z-score shifts
+    with the amount of air; ``image != 0`` counts scanner noise in air as body).
+
+    Why our own: MONAI's ``NormalizeIntensity`` computes its statistics over the whole image or
+    its non-zero voxels and takes no mask; this transform computes the masked statistics and
+    hands them to ``NormalizeIntensity`` (``subtrahend``/``divisor``, channel-wise) to apply.
+
+    Args:
+        keys: image keys (channel-first).
+        fill_holes: as :func:`body_foreground_mask`.
+        eps: lower bound of the divisor (a constant body gives 0 after normalisation, not NaN).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        *,
+        fill_holes: bool = True,
+        eps: float = 1e-8,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.fill_holes, self.eps = fill_holes, eps
+
+    def statistics(self, image: Any) -> tuple[list[float], list[float]]:
+        """Per-channel (means, standard deviations) over the body foreground of ``image``."""
+        means, stds = [], []
+        for channel in image:
+            values = np.asarray(channel.detach().cpu() if isinstance(channel, torch.Tensor) else channel)
+            body = values[body_foreground_mask(values, fill_holes=self.fill_holes)].astype(np.float64)
+            means.append(float(body.mean()))
+            stds.append(max(float(body.std()), self.eps))
+        return means, stds
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            means, stds = self.statistics(d[key])
+            d[key] = NormalizeIntensity(subtrahend=means, divisor=stds, channel_wise=True)(d[key])
+        return d
+
+
+def _dataset_ct_normalisation(
+    image_key: str,
+    intensity_clip: Sequence[float] | None,
+    intensity_mean: float | None,
+    intensity_std: float | None,
+) -> ScaleIntensityRanged:
+    """nnU-Net's CT normalisation as one MONAI transform: clipping to ``[lo, hi]`` (HU) and the
+    z-score ``(x - mean) / std`` are one linear map of ``[lo, hi]`` onto
+    ``[(lo - mean) / std, (hi - mean) / std]`` with clipping."""
+    missing = [
+        name
+        for name, value in (
+            ("intensity_clip", intensity_clip),
+            ("intensity_mean", intensity_mean),
+            ("intensity_std", intensity_std),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ValueError(
+            f"intensity='ct_dataset' needs the dataset's foreground statistics; missing {missing} "
+            "(a plan from `unet-med plan` sets them)"
+        )
+    clip = [float(v) for v in intensity_clip]  # type: ignore[union-attr]
+    if len(clip) != 2 or not clip[0] < clip[1]:
+        raise ValueError(f"intensity_clip must be [low, high] with low < high, got {list(intensity_clip)}")
+    mean, std = float(intensity_mean), float(intensity_std)  # type: ignore[arg-type]
+    if not std > 0:
+        raise ValueError(f"intensity_std must be > 0, got {intensity_std}")
+    lo, hi = clip
+    return ScaleIntensityRanged(
+        image_key, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True
+    )
+
+
+def _resample_mode(order: int, name: str) -> str | int:
+    if order not in range(6):
+        raise ValueError(f"{name} must be a spline order 0..5 (0 nearest, 1 linear), got {order!r}")
+    return _RESAMPLE_MODES.get(int(order), int(order))
+
+
 # --------------------------------------------------------------------------- chains
 
 
@@ -359,6 +525,11 @@ def preprocessing_transforms(
     spacing: Sequence[float] | None = None,
     intensity: str = "ct",
     window: Sequence[float] = (-1000.0, 1000.0),
+    intensity_clip: Sequence[float] | None = None,
+    intensity_mean: float | None = None,
+    intensity_std: float | None = None,
+    resample_order_image: int = 1,
+    resample_order_label: int = 0,
     crop_foreground: bool = False,
     foreground_threshold: float | None = None,
     foreground_margin: int = 0,
@@ -372,19 +543,30 @@ def preprocessing_transforms(
         spatial_dims: 2 or 3; ``axcodes`` is cut to this many letters (``"RAS"`` -> ``"RA"``).
         axcodes: canonical orientation, or None to keep the stored one.
         spacing: target voxel spacing in mm per axis, or None to keep it.
-        intensity: ``"ct"`` (clip ``window`` HU and scale to [0, 1]), ``"mr"`` (per-scan z-score
+        resample_order_image, resample_order_label: spline order of the resampling to
+            ``spacing`` (0 nearest, 1 linear, as MONAI's torch modes; 2..5 run on scipy); labels
+            must stay 0 to keep class values.
+        intensity: ``"ct"`` (clip ``window`` HU and scale to [0, 1]), ``"ct_dataset"`` (clip to
+            ``intensity_clip`` and z-score with ``intensity_mean``/``intensity_std``, the
+            dataset's foreground statistics), ``"zscore_foreground"`` (per-scan z-score over the
+            body foreground, :class:`ForegroundNormalizeIntensityd`), ``"mr"`` (per-scan z-score
             over non-zero voxels) or ``"none"``.
-        crop_foreground: crop all keys to the bounding box of image voxels above
-            ``foreground_threshold`` (default -500 HU for CT, 0 otherwise), plus
-            ``foreground_margin`` voxels.
+        intensity_clip, intensity_mean, intensity_std: the ``"ct_dataset"`` numbers (HU), e.g.
+            from a plan; ignored by the other modes.
+        crop_foreground: crop all keys to the bounding box of the image's foreground plus
+            ``foreground_margin`` voxels: voxels above ``foreground_threshold`` when given, else
+            above -500 HU for ``"ct"``/``"ct_dataset"``, the Otsu body mask
+            (:class:`BodyForeground`) for ``"zscore_foreground"`` and above 0 otherwise.
         allow_missing_keys: unlabelled items (no label key) pass through.
 
     Orientation, spacing and the foreground crop are invertible with ``Invertd``.
     """
     if intensity not in INTENSITY_MODES:
         raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+    image_mode = _resample_mode(resample_order_image, "resample_order_image")
+    label_mode = _resample_mode(resample_order_label, "resample_order_label")
     keys = list(keys)
-    nearest_or_linear = ["nearest" if k != image_key else "bilinear" for k in keys]
+    nearest_or_linear = [label_mode if k != image_key else image_mode for k in keys]
     steps: list[Any] = []
     if load:
         steps.append(
@@ -413,16 +595,19 @@ def preprocessing_transforms(
             )
         )
     if crop_foreground:
-        threshold = (
-            foreground_threshold
-            if foreground_threshold is not None
-            else (-500.0 if intensity == "ct" else 0.0)
-        )
+        if foreground_threshold is not None:
+            select: Any = ForegroundAbove(foreground_threshold)
+        elif intensity in ("ct", "ct_dataset"):
+            select = ForegroundAbove(-500.0)
+        elif intensity == "zscore_foreground":
+            select = BodyForeground()
+        else:
+            select = ForegroundAbove(0.0)
         steps.append(
             CropForegroundd(
                 keys,
                 source_key=image_key,
-                select_fn=ForegroundAbove(threshold),
+                select_fn=select,
                 margin=foreground_margin,
                 allow_smaller=True,
                 allow_missing_keys=allow_missing_keys,
@@ -434,6 +619,10 @@ def preprocessing_transforms(
                 image_key, a_min=float(window[0]), a_max=float(window[1]), b_min=0.0, b_max=1.0, clip=True
             )
         )
+    elif intensity == "ct_dataset":
+        steps.append(_dataset_ct_normalisation(image_key, intensity_clip, intensity_mean, intensity_std))
+    elif intensity == "zscore_foreground":
+        steps.append(ForegroundNormalizeIntensityd(image_key))
     elif intensity == "mr":
         steps.append(NormalizeIntensityd(image_key, nonzero=True, channel_wise=True))
     return Compose(steps)
