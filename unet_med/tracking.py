@@ -17,7 +17,6 @@ import logging
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -137,24 +136,6 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _active_bundle_config() -> dict | None:
-    """The config of the MONAI bundle being parsed, found on the call stack.
-
-    MONAI config expressions have no handle on their own :class:`~monai.bundle.ConfigParser`,
-    so the tracker, being instantiated by that parser, looks for it in its callers' frames. The
-    config holds the command-line overrides already (the exact config that runs).
-    """
-    from monai.bundle import ConfigParser
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, ConfigParser):
-            return candidate.get()
-        frame = frame.f_back
-    return None
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -211,8 +192,10 @@ class MLflowTracker:
             mean Dice (a float) and the per-class Dice (a tensor, one value per class).
         device: the training device (``host.device`` tag, peak memory).
         flush_every: iterations between batched writes of ``train_loss``.
-        config: the config to log as ``config/resolved_config.json``; default: the config of
-            the bundle being parsed.
+        config: the config to log as ``config/resolved_config.json``.
+        config_file: a JSON file holding that config instead (the bundles pass the executed
+            config that :class:`unet_med.bundle.UNetMedWorkflow` exports, ``@save_execute_config``);
+            None and no ``config``: an empty config is logged.
         resolved: resolved values of the top-level hyperparameters, added to the logged config
             under ``"_resolved_"``.
     """
@@ -236,6 +219,7 @@ class MLflowTracker:
         flush_every: int = 50,
         config: Mapping[str, Any] | None = None,
         resolved: Mapping[str, Any] | None = None,
+        config_file: str | os.PathLike | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.bundle_name = bundle_name
@@ -257,7 +241,8 @@ class MLflowTracker:
         self._pending: list = []
         self._epoch_start = 0.0
         self._best: tuple[float, int] = (-1.0, -1)
-        config = config if config is not None else _active_bundle_config()
+        if config is None and config_file is not None:
+            config = json.loads(Path(config_file).read_text())
         self.config = _jsonable(dict(config)) if config is not None else {}
         if resolved is not None:
             self.config["_resolved_"] = _jsonable(dict(resolved))
