@@ -42,7 +42,8 @@ DEMO_INFER_ARGS := --bundle $(DEMO_BUNDLE) --checkpoint $(DEMO_RUN)/models/model
 
 demo: install
 	$(VENV)/bin/unet-med presets
-	$(PY) -m monai.bundle run training --meta_file $(DEMO_BUNDLE)/configs/metadata.json \
+	$(PY) -m monai.bundle run training --workflow_name unet_med.bundle.UNetMedWorkflow \
+		--meta_file $(DEMO_BUNDLE)/configs/metadata.json \
 		--config_file $(DEMO_BUNDLE)/configs/training.json --bundle_root $(DEMO_BUNDLE) \
 		--logging_file $(DEMO_BUNDLE)/configs/logging.conf \
 		--output_dir $(DEMO_RUN) --dataset_dir $(DEMO_DIR)/data/demo2d $(DEMO_TRAIN_ARGS)

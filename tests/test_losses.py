@@ -1,4 +1,5 @@
-"""The paper's weighted softmax cross-entropy and the valid-conv Dice + CE."""
+"""The paper's weighted softmax cross-entropy, the valid-conv Dice + CE, and the batches that carry
+the weight map to the loss."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_med.losses import ValidDiceCELoss, WeightedCrossEntropyLoss, center_crop_to
+from unet_med.losses import PrepareBatchWithWeight, ValidDiceCELoss, WeightedCrossEntropyLoss, center_crop_to
 
 
 def test_unit_weights_equal_plain_cross_entropy():
@@ -79,3 +80,12 @@ def test_dice_ce_crops_label_and_prefers_correct_predictions():
     assert loss(good, label) < loss(bad, label)
     # the centre crop is what is compared: the same logits against the uncropped centre agree
     assert torch.allclose(loss(good, label), loss(good, label[..., 2:4, 2:4, 2:4]))
+
+
+def test_batches_carry_label_and_weight_to_the_loss():
+    shape = (1, 1, 4, 4)
+    batch = {"image": torch.zeros(shape), "label": torch.ones(shape), "weight": torch.full(shape, 3.0)}
+    image, (label, weight) = PrepareBatchWithWeight()(batch)
+    assert image.shape == label.shape == weight.shape and float(weight.mean()) == 3.0
+    _, target = PrepareBatchWithWeight()({"image": batch["image"], "label": batch["label"]})
+    assert isinstance(target, torch.Tensor)

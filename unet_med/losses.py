@@ -1,4 +1,5 @@
-"""Training losses: the paper's weighted pixel-wise softmax cross-entropy and Dice + CE.
+"""Training losses: the paper's weighted pixel-wise softmax cross-entropy and Dice + CE, and the
+batch preparation that hands the border weight map to the loss.
 
 A valid-convolution U-Net predicts a smaller tile than it reads, so both losses accept label and
 weight patches that are larger than the prediction and compare the prediction with their centre
@@ -7,39 +8,42 @@ weight patches that are larger than the prediction and compare the prediction wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.engines import PrepareBatch, default_prepare_batch
 from monai.losses import DiceCELoss
 from torch import nn
 
-__all__ = ["WeightedCrossEntropyLoss", "ValidDiceCELoss", "center_crop_to"]
+from unet_med.networks.blocks import center_crop
+
+__all__ = ["WeightedCrossEntropyLoss", "ValidDiceCELoss", "PrepareBatchWithWeight", "center_crop_to"]
 
 
 def center_crop_to(tensor: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
-    """Crop the trailing spatial axes of ``tensor`` (batch, channel, *spatial) to their centre.
+    """Crop the trailing spatial axes of ``tensor`` (batch, channel, *spatial) to their centre
+    (:func:`unet_med.networks.blocks.center_crop`), after checking that the prediction of size
+    ``spatial_size`` sits centred on it.
 
     Raises ``ValueError`` when an axis is smaller than wanted or the difference is odd (the
     prediction would not be centred on the label).
     """
     size = tuple(int(s) for s in tensor.shape[2:])
-    want = tuple(int(s) for s in spatial_size)
-    if size == want:
+    want = [int(s) for s in spatial_size]
+    if size == tuple(want):
         return tensor
     if len(size) != len(want):
         raise ValueError(f"expected {len(want)} spatial axes, got shape {tuple(tensor.shape)}")
-    slices = [slice(None), slice(None)]
     for axis, (have, need) in enumerate(zip(size, want, strict=True)):
         if have < need or (have - need) % 2:
             raise ValueError(
-                f"cannot centre a prediction of spatial size {want} on a label/weight of size {size} "
+                f"cannot centre a prediction of spatial size {tuple(want)} on a label/weight of size {size} "
                 f"(axis {axis}: {have} vs {need}; the label must be at least as large and differ by "
                 "an even number of voxels)"
             )
-        start = (have - need) // 2
-        slices.append(slice(start, start + need))
-    return tensor[tuple(slices)]
+    return center_crop(tensor, want)
 
 
 def _class_indices(label: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -119,3 +123,26 @@ class ValidDiceCELoss(DiceCELoss):
         if isinstance(target, (tuple, list)):  # a (label, weight) pair: Dice + CE ignores the weight
             target = target[0]
         return super().forward(input, center_crop_to(torch.as_tensor(target), input.shape[2:]))
+
+
+class PrepareBatchWithWeight(PrepareBatch):
+    """Batch -> ``(image, (label, weight))`` so the trainer hands the border weight map to
+    :class:`WeightedCrossEntropyLoss` (MONAI's trainer passes the target alone to the loss).
+    Without a ``weight`` key in the batch the target is the plain label."""
+
+    def __init__(self, weight_key: str = "weight") -> None:
+        self.weight_key = weight_key
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, Any]:
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        weight = batchdata.get(self.weight_key)
+        if weight is None:
+            return image, label
+        weight = torch.as_tensor(weight).to(device=device, non_blocking=non_blocking)
+        return image, (label, weight)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from unet_med.atomic_files import save_png
+from unet_med.networks.blocks import center_crop
 
 __all__ = ["plot_learning_curve", "plot_overlay", "save_qc_picture", "plot_metric_curves"]
 
@@ -65,11 +66,6 @@ def _to_index_map(array: Any) -> np.ndarray:
     return a[0].round().long().numpy()
 
 
-def _center_crop_np(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    slices = tuple(slice((s - t) // 2, (s - t) // 2 + t) for s, t in zip(a.shape, shape, strict=True))
-    return a[slices]
-
-
 def plot_overlay(
     image: Any, label: Any, pred: Any, path: str | os.PathLike, title: str = ""
 ) -> Path:
@@ -86,8 +82,10 @@ def plot_overlay(
     lab = _to_index_map(label)
     prd = _to_index_map(pred)
     img = torch.as_tensor(image).detach().cpu()[0].float().numpy()
-    shape = tuple(min(a, b, c) for a, b, c in zip(img.shape, lab.shape, prd.shape, strict=True))
-    img, lab, prd = (_center_crop_np(a, shape) for a in (img, lab, prd))
+    shape = [min(a, b, c) for a, b, c in zip(img.shape, lab.shape, prd.shape, strict=True)]
+    img, lab, prd = (
+        center_crop(torch.as_tensor(a)[None, None], shape)[0, 0].numpy() for a in (img, lab, prd)
+    )
     if img.ndim == 3:
         z = int(np.argmax((lab > 0).reshape(-1, lab.shape[-1]).sum(0)))
         img, lab, prd = img[..., z], lab[..., z], prd[..., z]

@@ -161,6 +161,8 @@ def _start_training(output_dir: Path, manifest: Path, overrides: dict[str, str])
         "monai.bundle",
         "run",
         "training",
+        "--workflow_name",
+        "unet_med.bundle.UNetMedWorkflow",
         "--config_file",
         str(BUNDLE / "configs" / "training.json"),
         "--meta_file",

@@ -150,7 +150,13 @@ class UpConv(nn.Module):
 
 
 def center_crop(x: torch.Tensor, size: List[int]) -> torch.Tensor:
-    """Crop the spatial axes of ``x`` (channels-first) to ``size``, keeping the centre."""
+    """Crop the spatial axes of ``x`` (batch, channels, *spatial) to ``size`` (voxels), keeping
+    the centre: the first ``(have - size) // 2`` voxels of each axis are dropped.
+
+    The project's one centre crop (the skips, the losses' label/weight patches, the overlay
+    pictures). Written here instead of MONAI's ``CenterSpatialCrop`` because it runs inside
+    ``forward`` and must compile with TorchScript, takes the batch axis, and returns a view.
+    """
     for d in range(len(size)):
         start = (x.shape[d + 2] - size[d]) // 2
         x = x.narrow(d + 2, start, size[d])

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "UNetShapeSpec",
@@ -23,6 +27,7 @@ __all__ = [
     "nearest_legal_sizes",
     "context_margin",
     "check_input_size",
+    "input_patch_size",
 ]
 
 
@@ -167,3 +172,49 @@ def context_margin(spec: UNetShapeSpec, size: int | Sequence[int] | None = None)
             raise ValueError(f"input {s} -> output {o} is not centred (odd difference)")
         margins.append((s - o) // 2)
     return tuple(margins)
+
+
+def input_patch_size(network: nn.Module, patch_size: int | Sequence[int]) -> tuple[int, ...]:
+    """The network input size (voxels) whose output is exactly ``patch_size`` (the bundles'
+    ``patch_size`` is the network *output* size; a valid U-Net reads a larger tile).
+
+    ``network`` is a :class:`~unet_med.networks.UNet` (its ``spatial_dims`` and ``spec``); a
+    network without a ``spec`` reads the tile it writes. Raises ``ValueError`` naming the nearest
+    legal output sizes when no input gives exactly ``patch_size`` (a valid U-Net's outputs are
+    spaced by its pooling period, e.g. 16 voxels for the paper's 4 poolings).
+    """
+    dims = int(getattr(network, "spatial_dims", 2))
+    sizes = (int(patch_size),) * dims if isinstance(patch_size, int) else tuple(int(s) for s in patch_size)
+    if len(sizes) != dims:
+        raise ValueError(f"patch_size needs {dims} sizes for a {dims}D network, got {list(sizes)}")
+    spec = getattr(network, "spec", None)
+    if spec is None:
+        return sizes
+    inputs = min_input_size(sizes, spec)
+    outputs = valid_output_size(inputs, spec)
+    if outputs == sizes:
+        return inputs
+    period = 2**spec.poolings
+    bad = [i for i, (o, s) in enumerate(zip(outputs, sizes, strict=True)) if o != s]
+    details = "; ".join(
+        f"axis {i}: {sizes[i]} is not a legal output size, nearest legal "
+        f"{_legal_output_below(sizes[i], spec)} (below) and {outputs[i]} (above)"
+        for i in bad
+    )
+    raise ValueError(
+        f"patch_size {list(sizes)} (the network output size) is illegal for this {spec.padding}-padding "
+        f"U-Net, whose output sizes are spaced by {period} voxels: {details}"
+    )
+
+
+def _legal_output_below(size: int, spec: UNetShapeSpec) -> int | None:
+    """The largest output size (one axis) of a legal input that is <= ``size``; None if none is."""
+    best = None
+    for s in range(1, size + 400):
+        out = _axis_output(s, spec)
+        if out is None:
+            continue
+        if out > size:
+            break
+        best = out
+    return best

@@ -1,6 +1,7 @@
 """MONAI's bundle checks on both bundles, offline: metadata against the project's schema, network
 input/output (channels, dtype and, beyond MONAI's check, the valid spatial sizes), TorchScript
-export of a checkpoint, and the workflow properties that bundle consumers look up."""
+export of a checkpoint, and the workflow properties that bundle consumers look up (through MONAI's
+``ConfigWorkflow`` and through the project's ``UNetMedWorkflow``)."""
 
 import json
 from pathlib import Path
@@ -9,7 +10,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-ROOT = Path(__file__).resolve().parents[1]
+from unet_med.bundle import UNetMedWorkflow
+
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "bundles" / "schema" / "meta_schema.json"
 BUNDLES = ["unet2d_paper", "unet3d"]
 CONFIG_FILES = ["metadata.json", "training.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
@@ -101,14 +104,15 @@ def tiny_data(tmp_path_factory):
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 @pytest.mark.parametrize(
-    "workflow_type, files",
+    "workflow_class, workflow_type, files",
     [
-        ("train", ["training.json"]),
-        ("infer", ["inference.json"]),
-        ("infer", ["training.json", "evaluate.json"]),
+        (ConfigWorkflow, "train", ["training.json"]),
+        (ConfigWorkflow, "infer", ["inference.json"]),
+        (ConfigWorkflow, "infer", ["training.json", "evaluate.json"]),
+        (UNetMedWorkflow, "train", ["training.json"]),
     ],
 )
-def test_monai_workflow_properties(bundle, workflow_type, files, tiny_data):
+def test_monai_workflow_properties(bundle, workflow_class, workflow_type, files, tiny_data):
     d = tiny_data[bundle]
     overrides = dict(
         bundle_root=str(ROOT / "bundles" / bundle),
@@ -118,7 +122,7 @@ def test_monai_workflow_properties(bundle, workflow_type, files, tiny_data):
     )
     if files != ["inference.json"]:
         overrides.update(output_dir=str(d["out"]), demo_n=3, demo_size=d["size"], cache="none")
-    workflow = ConfigWorkflow(
+    workflow = workflow_class(
         config_file=[str(_configs(bundle) / f) for f in files],
         meta_file=str(_configs(bundle) / "metadata.json"),
         workflow_type=workflow_type,

@@ -1,5 +1,5 @@
-"""Engine pieces of the bundles: atomic checkpoints, resume equal to an uninterrupted run, best
-model on improvement, weight-map batches, patch-size arithmetic."""
+"""Checkpoints of a training: atomic writes, resume equal to an uninterrupted run, best model on
+improvement."""
 
 from types import SimpleNamespace
 
@@ -9,9 +9,8 @@ from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler
 from torch.utils.data import DataLoader
 
-from unet_med.engines import PrepareBatchWithWeight, TrainingCheckpoint, input_patch_size, save_atomic
-from unet_med.losses import WeightedCrossEntropyLoss
-from unet_med.networks import create_unet
+from unet_med.handlers.checkpoint import FixedNameDiskSaver, TrainingCheckpoint
+from unet_med.losses import PrepareBatchWithWeight, WeightedCrossEntropyLoss
 
 
 def _data():
@@ -64,6 +63,17 @@ def test_resumed_training_equals_an_uninterrupted_one(tmp_path):
     assert final["trainer"]["epoch"] == 3
 
 
+def test_last_checkpoint_holds_every_entry_under_one_name(tmp_path):
+    trainer, _, _, _ = _trainer(tmp_path, 2)
+    trainer.run()
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint_last.pt", "model.pt"]
+    saved = torch.load(models / "checkpoint_last.pt", weights_only=True)
+    assert list(saved) == ["network", "optimizer", "lr_scheduler", "trainer", "best"]
+    assert saved["trainer"] == {"epoch": 2, "iteration": 4, "epoch_length": 2, "max_epochs": 2}
+    assert saved["best"] == {"metric": -float("inf"), "epoch": -1}  # no validation
+
+
 def test_resume_without_checkpoint_starts_from_scratch_and_refuses_fewer_epochs(tmp_path):
     trainer, _, _, _ = _trainer(tmp_path, 1, resume=True)
     trainer.run()
@@ -75,17 +85,20 @@ def test_resume_without_checkpoint_starts_from_scratch_and_refuses_fewer_epochs(
 
 
 def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path):
+    saver = FixedNameDiskSaver(tmp_path)
     path = tmp_path / "model.pt"
-    save_atomic({"w": torch.ones(3)}, path)
+    saver({"w": torch.ones(3)}, path.name)
 
     class Unpicklable:
         def __reduce__(self):
             raise OSError("No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        save_atomic({"w": torch.zeros(3), "x": Unpicklable()}, path)
+        saver({"w": torch.zeros(3), "x": Unpicklable()}, path.name)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+    saver.remove(path.name)  # Ignite's Checkpoint calls this before re-saving a name: the file stays
+    assert path.is_file()
 
 
 def test_best_model_is_replaced_only_when_the_metric_improves(tmp_path):
@@ -97,25 +110,3 @@ def test_best_model_is_replaced_only_when_the_metric_improves(tmp_path):
         ckpt.save_best(SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": dice}, epoch=epoch)))
     best = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert torch.all(best["weight"] == 2) and (ckpt.best_metric, ckpt.best_epoch) == (0.7, 2)
-
-
-def test_batches_carry_label_and_weight_to_the_loss():
-    shape = (1, 1, 4, 4)
-    batch = {"image": torch.zeros(shape), "label": torch.ones(shape), "weight": torch.full(shape, 3.0)}
-    image, (label, weight) = PrepareBatchWithWeight()(batch)
-    assert image.shape == label.shape == weight.shape and float(weight.mean()) == 3.0
-    _, target = PrepareBatchWithWeight()({"image": batch["image"], "label": batch["label"]})
-    assert isinstance(target, torch.Tensor)
-
-
-def test_patch_size_is_the_network_output_and_illegal_sizes_name_the_nearest_legal_ones():
-    with torch.device("meta"):
-        paper = create_unet("paper", base_width=2)
-        cicek = create_unet("cicek3d", base_width=2)
-    assert input_patch_size(paper, [388, 388]) == (572, 572)
-    assert input_patch_size(cicek, [44, 44, 28]) == (132, 132, 116)
-    legal = r"axis 1: 90 is not a legal output size, nearest legal 84 \(below\) and 100"
-    with pytest.raises(ValueError, match=legal):
-        input_patch_size(paper, [84, 90])
-    with pytest.raises(ValueError, match="needs 3 sizes"):
-        input_patch_size(cicek, [44, 44])

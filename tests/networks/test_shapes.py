@@ -1,14 +1,17 @@
-"""Valid-size arithmetic: output sizes, smallest inputs, legality and nearest legal sizes."""
+"""Valid-size arithmetic: output sizes, smallest inputs, legality and nearest legal sizes, and the
+network input of a bundle's patch size."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from unet_med.networks import create_unet
 from unet_med.networks.shapes import (
     UNetShapeSpec,
     check_input_size,
     context_margin,
+    input_patch_size,
     is_legal_size,
     min_input_size,
     nearest_legal_sizes,
@@ -85,3 +88,16 @@ def test_same_padding_needs_only_divisibility() -> None:
     assert not is_legal_size(60, SAME)  # 60 -> 30 -> 15 is odd before the third pooling
     assert nearest_legal_sizes(60, SAME) == ((48,), (64,))
     assert context_margin(SAME) == (0,)
+
+
+def test_patch_size_is_the_network_output_and_illegal_sizes_name_the_nearest_legal_ones():
+    with torch.device("meta"):
+        paper = create_unet("paper", base_width=2)
+        cicek = create_unet("cicek3d", base_width=2)
+    assert input_patch_size(paper, [388, 388]) == (572, 572)
+    assert input_patch_size(cicek, [44, 44, 28]) == (132, 132, 116)
+    legal = r"axis 1: 90 is not a legal output size, nearest legal 84 \(below\) and 100"
+    with pytest.raises(ValueError, match=legal):
+        input_patch_size(paper, [84, 90])
+    with pytest.raises(ValueError, match="needs 3 sizes"):
+        input_patch_size(cicek, [44, 44])

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from monai.bundle import run
 
+from unet_med.bundle import WORKFLOW_NAME
 from unet_med.data.demo import generate_demo_dataset
 from unet_med.tracking.server import free_loopback_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "unet2d_paper" / "configs"
 
 
@@ -29,8 +30,8 @@ def manifest(tmp_path_factory):
 def _train(out, manifest, config_file=str(CONFIGS / "training.json"), **overrides):
     settings = dict(base_width=2, patch_size=[4, 4], epochs=1, output_dir=str(out), manifest=str(manifest))
     settings.update(overrides)
-    run(run_id="training", meta_file=str(CONFIGS / "metadata.json"), config_file=config_file,
-        bundle_root=str(CONFIGS.parent), **settings)
+    run(run_id="training", workflow_name=WORKFLOW_NAME, meta_file=str(CONFIGS / "metadata.json"),
+        config_file=config_file, bundle_root=str(CONFIGS.parent), **settings)
 
 
 def _fails(match, out, manifest, **kwargs):
@@ -68,7 +69,7 @@ def test_missing_bundle_file_is_named(manifest, tmp_path):
         _train(tmp_path, manifest, config_file=missing)
     assert "trainin.json" in _messages(info.value)
     with pytest.raises(Exception) as info:
-        run(run_id="evaluating", meta_file=str(CONFIGS / "metadata.json"),
+        run(run_id="evaluating", workflow_name=WORKFLOW_NAME, meta_file=str(CONFIGS / "metadata.json"),
             config_file=[str(CONFIGS / "training.json"), str(CONFIGS / "evaluate.json")],
             bundle_root=str(CONFIGS.parent), output_dir=str(tmp_path), manifest=str(manifest), base_width=2)
     assert f"{tmp_path}/models/model.pt does not exist (the trained weights" in _messages(info.value)

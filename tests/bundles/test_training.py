@@ -1,11 +1,9 @@
-"""The bundles run from the command line as users type them, and the MLflow store holds the run:
-params, per-iteration loss, per-epoch Dice, best metric, artifacts; evaluation writes a per-case
-CSV and a linked MLflow run."""
+"""The bundles run from the command line as the README documents them, and the MLflow store holds the
+run: params, per-iteration loss, per-epoch Dice, best metric, artifacts, the executed config;
+evaluation writes a per-case CSV and a linked MLflow run. The command without ``--workflow_name``
+(plain ``ConfigWorkflow``) still trains."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -15,7 +13,6 @@ import torch
 from unet_med.data.demo import generate_demo_dataset
 from unet_med.networks import UNet
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 CONTRACT_PARAMS = {
@@ -25,33 +22,12 @@ CONTRACT_PARAMS = {
 }
 
 
-def bundle_command(bundle, run_id, configs, out, manifest, *extra, meta=True):
-    configs_dir = ROOT / "bundles" / bundle / "configs"
-    files = [str(configs_dir / c) for c in configs]
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id]
-    if meta:
-        command += ["--meta_file", str(configs_dir / "metadata.json")]
-    command += [
-        "--config_file", files[0] if len(files) == 1 else str(files),
-        "--bundle_root", str(ROOT / "bundles" / bundle),
-        "--output_dir", str(out), "--manifest", str(manifest), "--base_width", "2", "--num_workers", "0",
-        *extra,
-    ]
-    return command
-
-
-def run_ok(command, cwd):
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
 def demo2d(tmp_path_factory):
     return generate_demo_dataset(tmp_path_factory.mktemp("demo2d"), dims=2, n=8, size=40)
 
 
-def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path):
+def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path, bundle_command, run_ok):
     out = tmp_path / "run"
     log = run_ok(bundle_command("unet2d_paper", "training", ["training.json"], out, demo2d,
                                 "--epochs", "2", "--patch_size", "[4,4]"), cwd=tmp_path)
@@ -86,6 +62,12 @@ def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path):
     artifacts = out / "mlartifacts" / run_id / "artifacts"
     config = json.loads((artifacts / "config" / "resolved_config.json").read_text())
     assert config["epochs"] == 2 and config["preset"] == "paper"
+    # the logged config is the executed one the workflow wrote: files merged, overrides applied
+    (executed,) = (out / "executed_configs").glob("training_*.json")
+    assert json.loads(executed.read_text()) == config
+    assert config["save_execute_config"] == str(executed.resolve())
+    assert (config["base_width"], config["patch_size"], config["manifest"]) == (2, [4, 4], str(demo2d))
+    assert config["_meta_"]["name"] == "unet2d_paper" and "validate" in config
     assert (artifacts / "models" / "model.pt").is_file()
     assert (artifacts / "plots" / "learning_curve.png").stat().st_size > 1000
     assert list((artifacts / "overlays").glob("case*.png"))
@@ -108,7 +90,7 @@ def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path):
     ]
 
 
-def test_3d_bundle_trains_with_dice_ce_on_ct_volumes(tmp_path):
+def test_3d_bundle_trains_with_dice_ce_on_ct_volumes(tmp_path, bundle_command, run_ok):
     manifest = generate_demo_dataset(tmp_path / "demo3d", dims=3, n=4, size=24)
     out = tmp_path / "run"
     run_ok(bundle_command("unet3d", "training", ["training.json"], out, manifest,
@@ -120,3 +102,16 @@ def test_3d_bundle_trains_with_dice_ce_on_ct_volumes(tmp_path):
     assert {"val_dice_organ", "val_dice_lesion", "train_loss"} <= set(run.data.metrics)
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     assert any(v.ndim == 5 for v in state.values())  # 3D convolutions
+
+
+def test_the_command_without_workflow_name_still_trains_and_says_so(demo2d, tmp_path, bundle_command, run_ok):
+    out = tmp_path / "run"
+    command = bundle_command("unet2d_paper", "training", ["training.json"], out, demo2d, "--epochs", "1",
+                             "--patch_size", "[4,4]", workflow=False)
+    log = run_ok(command, cwd=tmp_path)
+    assert "running without --workflow_name unet_med.bundle.UNetMedWorkflow" in log
+    assert torch.load(out / "models" / "model.pt", weights_only=True)
+    assert not (out / "executed_configs").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("unet2d_paper").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"

@@ -7,14 +7,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from test_bundle_training import bundle_command, run_ok
 
 from unet_med.data.demo import generate_demo_dataset
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_process_gloo_training(tmp_path):
+def test_two_process_gloo_training(tmp_path, bundle_command, run_ok):
     manifest = generate_demo_dataset(tmp_path / "demo", dims=2, n=14, size=40)
     out = tmp_path / "run"
     configs = ["training.json", "multi_gpu_train.json"]

@@ -9,14 +9,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from test_bundle_training import bundle_command, run_ok
 
 from unet_med.data.demo import generate_demo_dataset
 
 pytestmark = pytest.mark.slow
 
 
-def test_sigkill_then_resume(tmp_path):
+def test_sigkill_then_resume(tmp_path, bundle_command, run_ok):
     manifest = generate_demo_dataset(tmp_path / "demo", dims=2, n=14, size=40)
     out = tmp_path / "run"
     command = bundle_command("unet2d_paper", "training", ["training.json"], out, manifest,
