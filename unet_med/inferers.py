@@ -49,7 +49,7 @@ from torch.utils._pytree import tree_leaves
 
 from unet_med.networks.shapes import UNetShapeSpec, context_margin, min_input_size, valid_output_size
 
-__all__ = ["OverlapTileInferer", "TilePlan", "mirror_indices", "network_spec"]
+__all__ = ["OverlapTileInferer", "PeakMemory", "TilePlan", "mirror_indices", "network_spec"]
 
 PADDING_MODES = ("reflect", "symmetric", "replicate")
 BLEND_MODES = ("constant", "gaussian")
@@ -149,7 +149,7 @@ class _Geometry:
         return valid_output_size(tuple(input_size), self.spec)
 
 
-class _PeakMemory(TorchDispatchMode):
+class PeakMemory(TorchDispatchMode):
     """Peak bytes of live tensors created by the operations run inside it.
 
     Written here because PyTorch reports peak memory only for CUDA (``max_memory_allocated``);
@@ -343,7 +343,7 @@ class OverlapTileInferer(Inferer):
     ) -> float:
         """Peak bytes of one window per input-tile voxel (input, live activations, output).
 
-        Measured once per network by :class:`_PeakMemory` on a small tile, on the ``meta`` device
+        Measured once per network by :class:`PeakMemory` on a small tile, on the ``meta`` device
         when the network can be copied there (shapes only, no compute), else on ``sw_device``.
         The peak per voxel barely depends on the tile size (within 5% from 100^3 to 188^3 for the
         3D U-Net), and 10% is added for allocator slack.
@@ -362,7 +362,7 @@ class OverlapTileInferer(Inferer):
         candidates.append((network, sw_device or _parameter_device(network) or torch.device("cpu")))
         peak = None
         for net, device in candidates:
-            tracker = _PeakMemory()
+            tracker = PeakMemory()
             try:
                 with torch.no_grad():
                     probe = torch.zeros((1, in_channels, *probe_size), device=device, dtype=dtype)

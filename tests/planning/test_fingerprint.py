@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from unet_med.data.dicom import write_dicom_series
+from unet_med.dicom.synthetic import write_dicom_series
 
 from unet_med.data.writing import save_nifti
 from unet_med.planning import FingerprintError, cached_fingerprint, dataset_fingerprint

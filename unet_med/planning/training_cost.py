@@ -6,7 +6,7 @@ fraction of a second:
 
 - memory: the live tensors of a forward pass with autograd on, the loss and the backward pass
   (activations kept for the gradients, the gradients themselves), tracked by the same
-  live-tensor counter that sizes the inference tiles (:class:`unet_med.inferers._PeakMemory`),
+  live-tensor counter that sizes the inference tiles (:class:`unet_med.inferers.PeakMemory`),
   at batch 1 and 2; the difference is the memory of one more sample, the rest is fixed.
   The parameters and two optimiser states per parameter (Adam's moments; SGD momentum needs one)
   are added, plus 10% for allocator slack;
@@ -65,10 +65,10 @@ def _meta_copy(network: nn.Module) -> nn.Module:
 
 def _step_peak(network: nn.Module, probe: Sequence[int], batch: int, in_channels: int) -> float:
     """Peak bytes of live tensors created by one forward + loss + backward pass on ``meta``."""
-    from unet_med.inferers import _PeakMemory
+    from unet_med.inferers import PeakMemory
 
     net = _meta_copy(network)
-    tracker = _PeakMemory()
+    tracker = PeakMemory()
     x = torch.zeros((batch, in_channels, *probe), device="meta")
     with tracker:
         # softmax + mean stands in for the loss: it keeps a probability map as Dice+CE does
