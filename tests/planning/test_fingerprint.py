@@ -7,9 +7,9 @@ import logging
 
 import numpy as np
 import pytest
-from unet_med.dicom.synthetic import write_dicom_series
 
 from unet_med.data.writing import save_nifti
+from unet_med.dicom.synthetic import write_dicom_series
 from unet_med.planning import FingerprintError, cached_fingerprint, dataset_fingerprint
 from unet_med.planning.fingerprint import modality_from_intensities
 
