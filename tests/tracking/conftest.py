@@ -19,7 +19,8 @@ from matplotlib import colors
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "unet2d_paper"
 # Smallest useful training: 2 epochs, width 4, 4x4 output patches, no augmentation.
-TINY = {"epochs": "2", "base_width": "4", "patch_size": "[4,4]", "aug_prob": "0", "num_workers": "0"}
+TINY = {"epochs": "2", "base_width": "4", "patch_size": "[4,4]", "aug_prob": "0", "num_workers": "0",
+        "iterations_per_epoch": "4"}
 
 COMMON_PARAMS = {
     "net.preset": "paper",

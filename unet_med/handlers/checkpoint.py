@@ -1,5 +1,6 @@
 """Checkpoints of a training and resuming from them: ``checkpoint_last.pt`` (everything a resumed
-run needs), ``model.pt`` (the best weights) and ``network.json`` (their architecture)."""
+run needs), ``model.pt`` (the best weights), ``network.json`` (their architecture) and ``plan.json``
+(the preprocessing and training choices they were trained with)."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ class TrainingCheckpoint:
       iteration, epoch length, epochs) and ``best`` (best metric so far and its epoch);
     - ``model.pt``: the network's ``state_dict`` alone (as MONAI's bundle tools expect), each time
       the validation metric improves (the "best" model; without validation, the last one), and
-      ``network.json`` beside it (the architecture of those weights).
+      ``network.json`` beside it (the architecture of those weights) and, given a ``plan``,
+      ``plan.json`` (the planned ids as the run executed them, which ``unet-med infer`` applies).
 
     With ``resume=True`` and ``checkpoint_last.pt`` present, the trainer restarts from it when it
     starts: a run killed mid-epoch repeats that epoch and ends after the same number of epochs
@@ -123,13 +125,15 @@ class TrainingCheckpoint:
         resume: restart from ``checkpoint_last.pt`` when it exists.
         metric_name: evaluator metric that decides "best" (higher is better).
         save_every: epochs between ``checkpoint_last.pt`` writes.
-        tracker: an :class:`~unet_med.tracking.MLflowTracker`; ``model.pt`` is logged to it as
-            artifact ``models/model.pt`` when the training completes.
+        tracker: an :class:`~unet_med.tracking.MLflowTracker`; ``model.pt``, ``network.json``
+            and ``plan.json`` are logged to it as artifacts ``models/...`` when the training completes.
+        plan: the run's effective plan (bundle ids -> values), written as ``plan.json``.
     """
 
     LAST = "checkpoint_last.pt"
     BEST = "model.pt"
     NETWORK = "network.json"
+    PLAN = "plan.json"
 
     def __init__(
         self,
@@ -142,8 +146,10 @@ class TrainingCheckpoint:
         metric_name: str = "val_mean_dice",
         save_every: int = 1,
         tracker: Any = None,
+        plan: Mapping[str, Any] | None = None,
     ) -> None:
         self.models_dir = Path(output_dir) / "models"
+        self.plan = dict(plan) if plan is not None else None
         self.network = network
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -240,6 +246,9 @@ class TrainingCheckpoint:
         if isinstance(config, dict):
             with atomic_output(self.models_dir / self.NETWORK) as tmp:
                 tmp.write_text(json.dumps({"_target_": "unet_med.networks.UNet", **config}, indent=2) + "\n")
+        if self.plan is not None:
+            with atomic_output(self.models_dir / self.PLAN) as tmp:
+                tmp.write_text(json.dumps(self.plan, indent=2) + "\n")
 
     def complete(self, engine: Engine) -> None:
         """At the end: the last checkpoint, ``model.pt`` without validation, the MLflow artifact."""
@@ -249,8 +258,10 @@ class TrainingCheckpoint:
             self.save_last(engine)
         if not self.has_validation:
             self.save_best_model()
-        if self.tracker is not None and self.best_path.is_file():
-            self.tracker.log_artifact(self.best_path, "models")
+        if self.tracker is not None:
+            for name in (self.BEST, self.NETWORK, self.PLAN):
+                if (self.models_dir / name).is_file():
+                    self.tracker.log_artifact(self.models_dir / name, "models")
 
     # -- resuming -------------------------------------------------------------------------------
     def load_last(self, engine: Engine) -> None:

@@ -70,6 +70,7 @@ PLAN_IDS = (
     "spacing",
     "resample_order_image",
     "resample_order_label",
+    "base_width",
     "patch_size",
     "batch_size",
     "pos",
@@ -98,6 +99,16 @@ ANISOTROPY_RATIO = 3.0
 # is); on a GPU 80% of its memory, or nnU-Net's 8 GB reference when the GPU is not visible here.
 DEFAULT_BUDGET_MB = {"cpu": 4096.0, "gpu": 8192.0}
 GPU_MEMORY_FRACTION = 0.8
+# On a CPU the preset widths (64 in 2D, 32 in 3D) make steps of many seconds: a CPU plan trains
+# the same architecture narrower unless a width is given, so minutes buy thousands of updates.
+CPU_BASE_WIDTH = {2: 16, 3: 8}
+# On a CPU time, not memory, is the limit: the patch also shrinks until one step is estimated to
+# take at most this long, so a 15-minute training makes hundreds of updates.
+CPU_STEP_TARGET_S = 3.0
+# Step-time estimates on a CPU use this nominal convolution throughput instead of timing the
+# machine, so the same data always gives the same plan (a 2-core machine measures 2-8 GFLOP/s at
+# the CPU widths, depending on load); `unet-med plan --measure-throughput` times this machine.
+NOMINAL_CPU_FLOPS = 5e9
 # Iterations per epoch: nnU-Net's 250 on a GPU; on a CPU as many as fill about 90 s.
 GPU_ITERATIONS = 250
 CPU_EPOCH_SECONDS = 90.0
@@ -211,9 +222,11 @@ def _fit_patch(
     cost: Any,
     budget_bytes: float,
     batch_size: int,
+    max_step_flops: float = math.inf,
 ) -> tuple[list[int], bool]:
     """The largest legal output patch near ``median_shape`` whose training step with
-    ``batch_size`` fits ``budget_bytes``, and whether it fits at all.
+    ``batch_size`` fits ``budget_bytes`` (and costs at most ``max_step_flops``), and whether it
+    fits at all.
 
     Starts at the legal size nearest the median shape per axis, then steps down (one legal size
     at a time) the axis that is largest relative to the median shape, keeping the aspect ratio.
@@ -224,7 +237,12 @@ def _fit_patch(
     def patch() -> list[int]:
         return [o[i] for o, i in zip(options, index)]
 
-    while cost.memory_bytes(_input_size(patch(), spec), batch_size) > budget_bytes:
+    def too_big() -> bool:
+        size = _input_size(patch(), spec)
+        too_much_memory = cost.memory_bytes(size, batch_size) > budget_bytes
+        return too_much_memory or cost.step_flops(size, batch_size) > max_step_flops
+
+    while too_big():
         shrinkable = [a for a in range(len(index)) if index[a] > 0]
         if not shrinkable:
             return patch(), False
@@ -398,7 +416,16 @@ def make_plan(
     comments["resample_order_image"] = "image resampling: linear (order 1)"
     comments["resample_order_label"] = "label resampling: nearest neighbour (order 0), keeps class values"
 
-    width = int(base_width if base_width is not None else settings["base_width"])
+    if base_width is not None:
+        width, width_source = int(base_width), "given"
+    elif _device_kind(device) == "cpu":
+        width = min(int(settings["base_width"]), CPU_BASE_WIDTH[dims])
+        width_source = (
+            f"CPU width: the {settings['preset']} architecture at base width {width} instead of "
+            f"{settings['base_width']}, so a step takes about a second on a CPU (GPU plans keep the preset's)"
+        )
+    else:
+        width, width_source = int(settings["base_width"]), f"the {settings['preset']} preset's width"
     channels = int(fingerprint["channels"])
     network = create_unet(
         settings["preset"], in_channels=channels, out_channels=_num_classes(fingerprint), base_width=width
@@ -412,8 +439,22 @@ def make_plan(
         budget_source = "given"
     budget = float(memory_budget_mb) * 2**20
     median_shape = _median_shape(fingerprint, spacing, settings)
-    patch, fits = _fit_patch(median_shape, spec, cost, budget, 2)
-    single, single_fits = _fit_patch(median_shape, spec, cost, budget, 1)
+    if throughput_flops is None and _device_kind(device) == "cpu":
+        throughput_flops = NOMINAL_CPU_FLOPS
+    throughput = throughput_flops if throughput_flops is not None else _throughput(device, dims, width)
+    # on a CPU the step time caps the patch too (time is the limit there, not memory)
+    max_step_flops = (
+        CPU_STEP_TARGET_S * throughput / STEP_OVERHEAD
+        if _device_kind(device) == "cpu" and throughput is not None
+        else math.inf
+    )
+    smallest_step = cost.step_flops(_input_size((1,) * dims, spec), 1)
+    if smallest_step > max_step_flops:
+        # a deep valid network (3D) costs seconds per step even for its smallest output on a CPU:
+        # then allow twice that, which buys far more output voxels (the context dominates the cost)
+        max_step_flops = 2.0 * smallest_step
+    patch, fits = _fit_patch(median_shape, spec, cost, budget, 2, max_step_flops)
+    single, single_fits = _fit_patch(median_shape, spec, cost, budget, 1, max_step_flops)
     batch = 2
     # Batch 2 (nnU-Net) unless it fits only with patches so small that one larger patch
     # supervises more voxels per step: a valid network's context makes small outputs costly.
@@ -435,7 +476,8 @@ def make_plan(
         f"network OUTPUT patch in voxels (input {_fmt(input_size)} with the valid network's context); "
         f"the legal size nearest the median {crop}resampled image shape {_fmt(median_shape)}"
         + ("" if patch == _fit_patch(median_shape, spec, cost, math.inf, batch)[0] else
-           ", shrunk along the axis largest relative to that shape until the step fits the budget")
+           ", shrunk along the axis largest relative to that shape until the step fits the memory budget "
+           f"and, on a CPU, about {CPU_STEP_TARGET_S:g} s per step")
         + f"; {settings['preset']} preset, base width {width}"
     )  # fmt: skip
     comments["batch_size"] = (
@@ -449,9 +491,8 @@ def make_plan(
             "plan: the smallest legal patch %s needs %.0f MiB, more than the %.0f MiB budget",
             patch, memory_mb, memory_budget_mb,
         )  # fmt: skip
-    if base_width is not None:
-        plan["base_width"] = width
-        comments["base_width"] = "network width the patch and batch were sized for (given)"
+    plan["base_width"] = width
+    comments["base_width"] = f"network base width the patch and batch were sized for ({width_source})"
 
     plan["pos"], plan["neg"] = 1, 2
     comments["pos"] = comments["neg"] = (
@@ -460,7 +501,6 @@ def make_plan(
         "as nnU-Net centres a third of its patches on foreground"
     )
 
-    throughput = throughput_flops if throughput_flops is not None else _throughput(device, dims, width)
     step_s = None if throughput is None else STEP_OVERHEAD * cost.step_flops(input_size, batch) / throughput
     n_val = int(fingerprint.get("split_counts", {}).get("val", 0))
     if _device_kind(device) == "gpu" or step_s is None:

@@ -346,6 +346,13 @@ class MLflowTracker:
         self.log_metrics(values, epoch)
         self.flush()
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set tags on the run (no-op off rank 0 or before the run starts)."""
+        if self.client is None or self.run_id is None:
+            return
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
     # -- artifacts ------------------------------------------------------------------------------
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file into the run's artifacts (no-op off rank 0 or before the run starts)."""
