@@ -107,7 +107,8 @@ CPU_BASE_WIDTH = {2: 16, 3: 8}
 CPU_STEP_TARGET_S = 3.0
 # Step-time estimates on a CPU use this nominal convolution throughput instead of timing the
 # machine, so the same data always gives the same plan (a 2-core machine measures 2-8 GFLOP/s at
-# the CPU widths, depending on load); `unet-med plan --measure-throughput` times this machine.
+# the CPU widths depending on load, and real steps ran 3-6x faster than this nominal estimate;
+# a caller may pass a measured ``throughput_flops`` instead).
 NOMINAL_CPU_FLOPS = 5e9
 # Iterations per epoch: nnU-Net's 250 on a GPU; on a CPU as many as fill about 90 s.
 GPU_ITERATIONS = 250
@@ -439,8 +440,9 @@ def make_plan(
         budget_source = "given"
     budget = float(memory_budget_mb) * 2**20
     median_shape = _median_shape(fingerprint, spacing, settings)
+    throughput_source = "given" if throughput_flops is not None else "measured"
     if throughput_flops is None and _device_kind(device) == "cpu":
-        throughput_flops = NOMINAL_CPU_FLOPS
+        throughput_flops, throughput_source = NOMINAL_CPU_FLOPS, "nominal for a CPU, so plans are reproducible"
     throughput = throughput_flops if throughput_flops is not None else _throughput(device, dims, width)
     # on a CPU the step time caps the patch too (time is the limit there, not memory)
     max_step_flops = (
@@ -516,7 +518,7 @@ def make_plan(
         epoch_s = iterations * step_s
         comments["iterations_per_epoch"] = (
             f"{iterations} optimiser steps per epoch, whatever the number of scans: an estimated "
-            f"{step_s:.2f} s per step on {device} ({throughput / 1e9:.0f} GFLOP/s measured) makes an "
+            f"{step_s:.2f} s per step on {device} ({throughput / 1e9:.0f} GFLOP/s {throughput_source}) makes an "
             f"epoch about {epoch_s / 60:.1f} min (CPU target {CPU_EPOCH_SECONDS:.0f} s, "
             f"{low}..{high} steps)"
             + (
