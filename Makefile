@@ -33,10 +33,11 @@ test: install
 # segment the demo test scans as NIfTI files and as DICOM series with the trained model (mean
 # Dice against the demo labels), then compare the runs of the demo's MLflow store.
 DEMO_BUNDLE := bundles/unet2d_paper
-DEMO_BASE_WIDTH ?= 16
-DEMO_TRAIN_ARGS ?= --base_width $(DEMO_BASE_WIDTH) --epochs 8 --lr 0.01 --intensity_scale 0.05 --intensity_shift 0.03
+# Everything else (normalisation, patch and batch size, base width 16 on a CPU, iterations per
+# epoch) is planned from the demo data on first use, as for any user's data.
+DEMO_TRAIN_ARGS ?= --epochs 8 --intensity_scale 0.05 --intensity_shift 0.03
 DEMO_RUN := $(DEMO_DIR)/unet2d_paper
-# the trained architecture (base width 16) comes from models/network.json beside model.pt
+# the trained architecture and preprocessing come from models/network.json and models/plan.json
 DEMO_INFER_ARGS := --bundle $(DEMO_BUNDLE) --checkpoint $(DEMO_RUN)/models/model.pt \
 	--split test --overwrite --track
 
