@@ -83,11 +83,17 @@ def test_bad_fold_index_and_unsplittable_pools_are_named(no_fold_csv, tmp_path):
         manifest_datalist(no_fold_csv, "train", fold=-1, num_folds=3)
     with pytest.raises(ManifestError, match="num_folds must be an integer >= 2, got 1"):
         manifest_datalist(no_fold_csv, "train", fold=0, num_folds=1)
-    with pytest.raises(ManifestError, match=r"m.csv: cannot split a training pool of 11 subject\(s\).* into 12"):
+    with pytest.raises(
+        ManifestError, match=r"m.csv: cannot split a training pool of 11 subject\(s\).* into 12"
+    ):
         manifest_datalist(no_fold_csv, "val", fold=0, num_folds=12)
 
-    partial = _manifest(tmp_path / "partial.csv", [("a", "train", "0"), ("b", "train", ""), ("c", "val", "1")])
-    with pytest.raises(ManifestError, match=r"partial.csv: the 'fold' column is empty on 1 train/val row.*2 \(b\)"):
+    partial = _manifest(
+        tmp_path / "partial.csv", [("a", "train", "0"), ("b", "train", ""), ("c", "val", "1")]
+    )
+    with pytest.raises(
+        ManifestError, match=r"partial.csv: the 'fold' column is empty on 1 train/val row.*2 \(b\)"
+    ):
         manifest_datalist(partial, "train", fold=0)
     beyond = _manifest(tmp_path / "beyond.csv", [("a", "train", "0"), ("b", "train", "7")])
     with pytest.raises(ManifestError, match=r"beyond.csv: row 2 \(b\): fold '7' is not an integer in 0..4"):
@@ -96,5 +102,7 @@ def test_bad_fold_index_and_unsplittable_pools_are_named(no_fold_csv, tmp_path):
     with pytest.raises(ManifestError, match=r"missing.csv: fold 3 has no train/val rows .*\[0, 1\]"):
         manifest_datalist(missing, "val", fold=3)
     leaking = _manifest(tmp_path / "leak.csv", [("a", "train", "0"), ("a", "train", "1"), ("b", "val", "1")])
-    with pytest.raises(ManifestError, match="leak.csv: subject.* a have train/val rows in more than one fold"):
+    with pytest.raises(
+        ManifestError, match="leak.csv: subject.* a have train/val rows in more than one fold"
+    ):
         fold_assignment(leaking, 2)
