@@ -11,6 +11,10 @@ Per scan: ``OUT_DIR/<scan_id>_seg.nii.gz`` (uint8 labels in the scan's own geome
 The NIfTI is written last and atomically, so its presence means the scan is complete: a re-run
 skips it. ``report.csv`` (``report.part-K-of-N.csv`` with ``--num-parts``) is rewritten after every
 scan. Heavy imports (torch, MONAI) happen in :func:`run`, so ``unet-med --help`` stays fast.
+
+Training's preprocessing is repeated without ``--set``: the ``plan.json`` beside the checkpoint is
+applied to ``inference.json`` (``--set`` still wins). Several ``--checkpoint`` values, or a folder
+of training runs, segment with the ensemble of those networks (the mean of their softmax).
 """
 
 from __future__ import annotations
@@ -32,11 +36,22 @@ outputs (in OUT_DIR):
   report.csv             scan_id, source, status (ok|failed|skipped), error, seconds,
                          voxels_<label>, volume_ml_<label> (report.part-K-of-N.csv with --num-parts)
 
+checkpoints and ensembles:
+  --checkpoint FILE      one network (default BUNDLE/models/model.pt); the network.json and plan.json
+                         beside it rebuild its architecture and repeat training's preprocessing
+  --checkpoint A --checkpoint B ...
+                         an ensemble: the mean of the members' softmax, then argmax; each member
+                         rebuilt from its own network.json; their plan.json must agree
+  --checkpoint FOLDER    every models/model.pt below FOLDER (one per training run, e.g. per fold;
+                         MLflow artifact and hidden folders skipped), sorted by path; a folder with
+                         none: every *.pt file directly in it, sorted by name
+
 exit codes:
   0  every scan ok or skipped (already segmented in OUT_DIR)
   1  at least one scan failed; its report row says why, every other scan was still segmented
   2  usage error: no scans found, bundle or inference.json missing, checkpoint missing or not a
-     checkpoint, bad --part-id/--num-parts
+     checkpoint, ensemble members that do not match (plans, shape arithmetic, channels),
+     bad --part-id/--num-parts
 """
 
 
@@ -61,7 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", type=Path, metavar="OUT_DIR", help="folder for outputs and report.csv")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the bundle's device)")
     parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="network weights (default: BUNDLE/models/model.pt)"
+        "--checkpoint",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE_OR_FOLDER",
+        help="network weights (default: BUNDLE/models/model.pt); repeat it, or give a folder of training "
+        "runs, to segment with the ensemble (mean softmax) of several networks",
     )
     parser.add_argument(
         "--set",
@@ -97,7 +118,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--track",
         action="store_true",
         help="log this batch as an MLflow run linked to the training run of the checkpoint "
-        "(tag unet_med.training_run_id), in that training's store unless --tracking-uri is given",
+        "(tag unet_med.training_run_id), in that training's store unless --tracking-uri is given; "
+        "an ensemble links to its first member's training and lists every member as params",
     )
     parser.add_argument("--tracking-uri", default=None, help="MLflow store for --track (default: training's)")
     parser.add_argument("--experiment", default=None, help="experiment for --track (default: the training's)")
@@ -178,7 +200,13 @@ def _run(args: argparse.Namespace) -> int:
         args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
         overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
     )
-    tracking = _plan_tracking(args) if args.track else None
+    bundle = segmenter.bundle
+    if len(bundle.checkpoints) > 1:
+        print(f"ensemble of {len(bundle.checkpoints)} checkpoints: {', '.join(map(str, bundle.checkpoints))}")
+    if bundle.plan_file is not None:
+        ids = ", ".join(sorted(bundle.plan or {})) or "none of its ids is in inference.json"
+        print(f"plan applied: {bundle.plan_file} ({ids})")
+    tracking = _plan_tracking(args, bundle.checkpoints[0]) if args.track else None
     result = segmenter.segment_folder(
         args.input, args.output, num_parts=args.num_parts, part_id=args.part_id,
         reference_manifest=args.reference, split=args.split, discovery=discovery,
@@ -193,29 +221,51 @@ def _run(args: argparse.Namespace) -> int:
     if tracking is not None:
         from unet_med.tracking.linked_runs import log_inference_run
 
+        params = {"infer.tta": args.tta, "infer.num_parts": args.num_parts, "infer.part_id": args.part_id}
+        params.update(_ensemble_params(bundle.checkpoints))
         run_id = log_inference_run(
-            tracking, bundle_name=segmenter.bundle.name, bundle_version=segmenter.bundle.version,
-            checkpoint=_checkpoint_path(args), report_path=result.report_path, status_counts=counts,
-            seconds=result.seconds,
-            params={"infer.tta": args.tta, "infer.num_parts": args.num_parts, "infer.part_id": args.part_id},
+            tracking, bundle_name=bundle.name, bundle_version=bundle.version,
+            checkpoint=bundle.checkpoints[0], report_path=result.report_path, status_counts=counts,
+            seconds=result.seconds, params=params,
         )
         print(f"MLflow run {run_id} in {tracking.tracking_uri}")
     return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
-def _checkpoint_path(args: argparse.Namespace) -> Path:
-    return args.checkpoint or args.bundle / "models" / "model.pt"
+def _ensemble_params(checkpoints: Sequence[Path]) -> dict[str, Any]:
+    """MLflow params of an ensemble (none for one checkpoint): its size, every member's path and
+    the training run recorded next to each (empty where none is), as JSON lists in member order.
+
+    An inference run has one ``unet_med.training_run_id`` tag, which names the first member's
+    training; these params keep the link to all the others."""
+    if len(checkpoints) < 2:
+        return {}
+    from unet_med.tracking.linked_runs import training_run_for_checkpoint
+    from unet_med.tracking.store import TrackingStoreError
+
+    def run_id(path: Path) -> str:
+        try:
+            record = training_run_for_checkpoint(path)
+        except TrackingStoreError:
+            return ""
+        return record.run_id if record is not None else ""
+
+    return {
+        "infer.ensemble_size": len(checkpoints),
+        "infer.ensemble_checkpoints": json.dumps([str(Path(c).resolve()) for c in checkpoints]),
+        "infer.ensemble_training_runs": json.dumps([run_id(Path(c)) for c in checkpoints]),
+    }
 
 
-def _plan_tracking(args: argparse.Namespace):
-    """Where ``--track`` logs; checked before any scan is segmented (an unreachable store is a
-    usage error, exit 2)."""
+def _plan_tracking(args: argparse.Namespace, checkpoint: Path):
+    """Where ``--track`` logs (next to ``checkpoint``'s training, the first member of an
+    ensemble); checked before any scan is segmented (an unreachable store is a usage error, exit 2)."""
     from unet_med.tracking.linked_runs import plan_inference_tracking
     from unet_med.tracking.store import TrackingStoreError
 
     try:
         return plan_inference_tracking(
-            _checkpoint_path(args), tracking_uri=args.tracking_uri, experiment_name=args.experiment
+            checkpoint, tracking_uri=args.tracking_uri, experiment_name=args.experiment
         )
     except TrackingStoreError as exc:
         raise UsageError(str(exc)) from None

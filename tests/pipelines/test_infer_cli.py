@@ -1,21 +1,28 @@
 """``unet-med infer`` end to end on a tiny 3D bundle: geometry of outputs (NIfTI and DICOM inputs
 with rotated directions and anisotropic spacing), report rows, resume, bad scans, parts, DICOM SEG,
-reference Dice, --help and exit codes."""
+reference Dice, --help and exit codes, the checkpoint's plan, ensembles of checkpoints."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import mlflow
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 
 from pipelines.cli import main
 from unet_med.data.writing import save_nifti
 from unet_med.inference.outputs import output_stem
+from unet_med.networks import UNet
+from unet_med.tracking.linked_runs import TRAINING_RUN_TAG, one_shot_run
+from unet_med.tracking.run_record import write_run_record
+from unet_med.tracking.store import default_tracking_uri
 
 
 def _infer(bundle: Path, scans: Path, out: Path, *extra: str) -> int:
@@ -225,3 +232,90 @@ def test_set_overrides_config_ids_and_misfit_weights_are_a_usage_error(
     # --set goes through the same overrides; a network override that the weights do not fit is a usage error
     assert _infer(infer_bundle, infer_scans, tmp_path / "o", "--set", "network_def#widths=[4, 8]") == 2
     assert "weights do not fit" in capsys.readouterr().err
+
+
+def _labels(out: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asanyarray(nib.load(str(p)).dataobj) for p in sorted(out.glob("*_seg.nii.gz"))}
+
+
+def _fold_runs(infer_bundle: Path, root: Path) -> list[Path]:
+    """Two training output folders ``root/fold0``, ``root/fold1`` holding copies of the bundle's
+    checkpoint (so their ensemble must segment exactly as the single model)."""
+    checkpoints = []
+    for k in range(2):
+        models = root / f"fold{k}" / "models"
+        models.mkdir(parents=True)
+        checkpoints.append(models / "model.pt")
+        checkpoints[-1].write_bytes((infer_bundle / "models" / "model.pt").read_bytes())
+    return checkpoints
+
+
+def test_checkpoint_repeated_or_a_folder_segments_with_the_ensemble(
+    infer_bundle, infer_scans, tmp_path, capsys
+):
+    a, b = _fold_runs(infer_bundle, tmp_path / "cv")
+    assert _infer(infer_bundle, infer_scans, tmp_path / "single", "--no-qc") == 0
+    capsys.readouterr()
+    assert _infer(infer_bundle, infer_scans, tmp_path / "repeated", "--no-qc", "--checkpoint", str(a),
+                  "--checkpoint", str(b)) == 0  # fmt: skip
+    assert f"ensemble of 2 checkpoints: {a}, {b}" in capsys.readouterr().out
+    assert _infer(infer_bundle, infer_scans, tmp_path / "folder", "--no-qc", "--checkpoint",
+                  str(tmp_path / "cv")) == 0  # fmt: skip
+    assert f"ensemble of 2 checkpoints: {a}, {b}" in capsys.readouterr().out
+    single = _labels(tmp_path / "single")
+    assert len(single) == 3 and any((v == 1).any() for v in single.values())
+    for form in ("repeated", "folder"):
+        got = _labels(tmp_path / form)
+        assert got.keys() == single.keys()
+        for name, labels in got.items():
+            np.testing.assert_array_equal(labels, single[name])
+    # members that cannot be averaged: exit 2, both named
+    deep = tmp_path / "deep" / "models"
+    deep.mkdir(parents=True)
+    net = UNet(3, 1, 3, widths=(2, 4, 8))
+    torch.save(net.state_dict(), deep / "model.pt")
+    (deep / "network.json").write_text(json.dumps({"_target_": "unet_med.networks.UNet", **net.config}))
+    assert _infer(infer_bundle, infer_scans, tmp_path / "bad", "--checkpoint", str(a), "--checkpoint",
+                  str(deep / "model.pt")) == 2  # fmt: skip
+    assert f"members {a} and {deep / 'model.pt'} have different shape arithmetic" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_plan_beside_the_checkpoint_is_reported_and_applied(infer_bundle, infer_scans, tmp_path, capsys):
+    (checkpoint,) = _fold_runs(infer_bundle, tmp_path / "cv")[:1]
+    # the plan renames the classes (an id inference.json defines); batch_size is training-only
+    plan = {"class_names": ["bg", "liver", "tumour"], "batch_size": 2}
+    (checkpoint.parent / "plan.json").write_text(json.dumps(plan))
+    capsys.readouterr()
+    code = _infer(infer_bundle, infer_scans, tmp_path / "out", "--no-qc", "--checkpoint", str(checkpoint))
+    assert code == 0
+    assert f"plan applied: {checkpoint.parent / 'plan.json'} (class_names)" in capsys.readouterr().out
+    assert "voxels_liver" in _report(tmp_path / "out").columns
+    # --set wins over the plan
+    assert _infer(infer_bundle, infer_scans, tmp_path / "set", "--no-qc", "--checkpoint", str(checkpoint),
+                  "--set", 'class_names=["bg", "organ", "lesion"]') == 0  # fmt: skip
+    assert "voxels_organ" in _report(tmp_path / "set").columns
+
+
+def test_track_links_an_ensemble_to_its_first_members_training(infer_bundle, infer_scans, tmp_path, capsys):
+    a, b = _fold_runs(infer_bundle, tmp_path / "cv")
+    uri = default_tracking_uri(tmp_path / "cv")
+    training_ids = []
+    for checkpoint in (a, b):  # two fold trainings sharing one store, each with its run record
+        with one_shot_run(uri, experiment_name="tiny3d", run_name="training", tags={}) as run_id:
+            pass
+        experiment_id = mlflow.MlflowClient(uri).get_experiment_by_name("tiny3d").experiment_id
+        run_dir = checkpoint.parent.parent
+        write_run_record(run_dir, tracking_uri=uri, experiment_id=experiment_id, run_id=run_id)
+        training_ids.append(run_id)
+    capsys.readouterr()
+    code = _infer(infer_bundle, infer_scans, tmp_path / "out", "--no-qc", "--track", "--checkpoint",
+                  str(tmp_path / "cv"))  # fmt: skip
+    assert code == 0, capsys.readouterr().err[-2000:]
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([experiment_id], filter_string="tags.`unet_med.run_kind` = 'inference'")
+    assert run.data.tags[TRAINING_RUN_TAG] == training_ids[0]
+    assert run.data.params["infer.checkpoint"] == str(a.resolve())
+    assert run.data.params["infer.ensemble_size"] == "2"
+    assert json.loads(run.data.params["infer.ensemble_checkpoints"]) == [str(a.resolve()), str(b.resolve())]
+    assert json.loads(run.data.params["infer.ensemble_training_runs"]) == training_ids

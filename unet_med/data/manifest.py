@@ -3,7 +3,8 @@
 Paths are relative to the manifest's own folder or absolute. ``image`` is a NIfTI file, a DICOM
 series folder, a PNG/TIFF image, or several channel files joined by ``;`` (e.g. nnU-Net's
 ``case_0000.nii.gz;case_0001.nii.gz``). ``label`` is empty for unlabelled scans. ``split`` is one
-of ``train``, ``val``, ``test``; the optional integer ``fold`` drives cross-validation.
+of ``train``, ``val``, ``test``; the optional integer ``fold`` drives cross-validation (without it, a
+seeded split of the train/val rows does: :func:`fold_assignment`).
 
 A manifest may have a JSON sidecar with the same stem (``manifest.csv`` -> ``manifest.json``)
 declaring ``{"labels": {"0": "background", "1": "organ", ...}}``: the label classes that
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ __all__ = [
     "SPLITS",
     "ManifestError",
     "read_manifest",
+    "fold_assignment",
     "manifest_datalist",
     "manifest_sha256",
     "manifest_labels",
@@ -95,8 +98,126 @@ def _image_entry(value: str) -> str | list[str]:
     return parts if len(parts) > 1 else parts[0]
 
 
+def _pool_mask(frame: Any) -> Any:
+    """Rows of the cross-validation training pool: split ``train`` or ``val``."""
+    return frame["split"].isin(["train", "val"])
+
+
+def _check_folds(path: str | Path, num_folds: Any, fold: Any = None) -> tuple[int, int | None]:
+    """``(num_folds, fold)`` as ints once ``num_folds >= 2`` and ``0 <= fold < num_folds``."""
+
+    def as_int(value: Any) -> int | None:
+        try:
+            return None if isinstance(value, bool) else operator.index(value)
+        except TypeError:
+            return None
+
+    count = as_int(num_folds)
+    if count is None or count < 2:
+        raise ManifestError(f"{path}: num_folds must be an integer >= 2, got {num_folds!r}")
+    if fold is None:
+        return count, None
+    index = as_int(fold)
+    if index is None or not 0 <= index < count:
+        raise ManifestError(
+            f"{path}: fold must be an integer in 0..{count - 1} (num_folds={count}), got {fold!r}"
+        )
+    return count, index
+
+
+def _column_folds(path: str | Path, frame: Any, num_folds: int) -> dict[int, int] | None:
+    """{frame index: fold} of the pool rows from the manifest's ``fold`` column, or None when the
+    manifest has no fold column or leaves it empty on every pool row (a seeded split then)."""
+    if "fold" not in frame.columns:
+        return None
+    pool = frame[_pool_mask(frame)]
+    if not (pool["fold"] != "").any():
+        return None
+    blank = pool[pool["fold"] == ""]
+    if len(blank):
+        rows = ", ".join(f"{r.row} ({r.subject_id})" for r in blank.head(5).itertuples())
+        raise ManifestError(
+            f"{path}: the 'fold' column is empty on {len(blank)} train/val row(s), e.g. row(s) {rows}; "
+            f"give every train/val row a fold in 0..{num_folds - 1}, or leave the column empty on all "
+            f"of them for a seeded split"
+        )
+    folds: dict[int, int] = {}
+    for rec in pool.itertuples():
+        try:
+            value = int(rec.fold)
+        except ValueError:
+            value = -1
+        if not 0 <= value < num_folds:
+            raise ManifestError(
+                f"{path}: row {rec.row} ({rec.subject_id}): fold {rec.fold!r} is not an integer in "
+                f"0..{num_folds - 1} (num_folds={num_folds}; pass num_folds to match the manifest's folds)"
+            )
+        folds[rec.Index] = value
+    per_subject = pool.assign(fold_index=pool.index.map(folds)).groupby("subject_id")["fold_index"].nunique()
+    split_subjects = sorted(per_subject[per_subject > 1].index)
+    if split_subjects:
+        raise ManifestError(
+            f"{path}: subject(s) {', '.join(split_subjects[:5])} have train/val rows in more than one fold "
+            f"of the 'fold' column; a subject's rows must share one fold (else it trains and validates)"
+        )
+    return folds
+
+
+def _seeded_folds(path: str | Path, frame: Any, num_folds: int, seed: int) -> dict[str, int]:
+    """{subject_id: fold} for the pool's subjects: sorted by subject_id, shuffled by a permutation
+    seeded with ``seed``, then dealt round-robin to the folds (sizes differ by at most one)."""
+    import numpy as np
+
+    subjects = sorted(set(frame.loc[_pool_mask(frame), "subject_id"]))
+    if len(subjects) < num_folds:
+        raise ManifestError(
+            f"{path}: cannot split a training pool of {len(subjects)} subject(s) (split train/val) into "
+            f"{num_folds} non-empty folds; use num_folds <= {len(subjects)} or add a 'fold' column"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ManifestError(f"{path}: the fold split's seed must be an integer, got {seed!r}")
+    order = np.random.default_rng(int(seed)).permutation(len(subjects))
+    return {subjects[int(j)]: i % num_folds for i, j in enumerate(order)}
+
+
+def _row_folds(path: str | Path, frame: Any, num_folds: int, seed: int) -> dict[int, int]:
+    """{frame index: fold} of every pool row: the fold column when it is filled, else seeded."""
+    column = _column_folds(path, frame, num_folds)
+    if column is not None:
+        return column
+    by_subject = _seeded_folds(path, frame, num_folds, seed)
+    pool = frame[_pool_mask(frame)]
+    return {index: by_subject[subject] for index, subject in zip(pool.index, pool["subject_id"])}
+
+
+def fold_assignment(path: str | Path, num_folds: int = 5, seed: int = 0) -> dict[str, int]:
+    """{subject_id: fold} of the training pool (rows of split ``train`` or ``val``), the split
+    that :func:`manifest_datalist` uses with a ``fold``.
+
+    With a ``fold`` column filled on the pool rows, its values. Without one (or with the column
+    empty on every pool row), a seeded split: the pool's subject ids sorted, permuted by
+    ``numpy.random.default_rng(seed)`` and dealt round-robin to ``num_folds`` folds, so a subject
+    lands in the same fold for the same pool, ``seed`` and ``num_folds``, every fold is non-empty,
+    and fold sizes differ by at most one. All rows of one subject share its fold (with a fold
+    column, a subject's rows must agree).
+
+    Raises:
+        ManifestError: naming the manifest: ``num_folds < 2``, fewer pool subjects than folds, a
+            fold column empty on some pool rows or holding values outside ``0..num_folds-1``.
+    """
+    num_folds, _ = _check_folds(path, num_folds)
+    frame = read_manifest(path, resolve=False)
+    rows = _row_folds(path, frame, num_folds, seed)
+    return {str(frame.at[index, "subject_id"]): fold for index, fold in rows.items()}
+
+
 def manifest_datalist(
-    path: str | Path, split: str | Sequence[str] | None = None, *, fold: int | None = None
+    path: str | Path,
+    split: str | Sequence[str] | None = None,
+    *,
+    fold: int | None = None,
+    num_folds: int = 5,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """The manifest's rows as a MONAI data list: dicts with ``image``, ``label`` (only when the row
     has one), ``subject_id`` and ``split``.
@@ -104,12 +225,17 @@ def manifest_datalist(
     Args:
         path: manifest CSV.
         split: one split name or several; None for all rows.
-        fold: cross-validation fold. With a fold, ``"val"`` means the rows of the training pool
-            (split train or val) whose ``fold`` equals it and ``"train"`` the other pool rows;
-            ``"test"`` is unaffected.
+        fold: cross-validation fold, ``0 <= fold < num_folds``; None: the ``split`` column decides.
+            With a fold, ``"val"`` means the rows of the training pool (split train or val) in that
+            fold and ``"train"`` the other pool rows; ``"test"`` is unaffected. The folds come
+            from the manifest's ``fold`` column, or a seeded split without one
+            (:func:`fold_assignment`).
+        num_folds: number of folds (>= 2); used only with ``fold``.
+        seed: seed of the split of a manifest without a fold column; used only with ``fold``.
 
     Raises:
-        ManifestError: unknown split name, or ``fold`` given for a manifest without a fold column.
+        ManifestError: unknown split name, a bad ``fold``/``num_folds``, or a pool that cannot be
+            split (see :func:`fold_assignment`); the message names the manifest.
     """
     frame = read_manifest(path)
     wanted = [split] if isinstance(split, str) else (list(split) if split is not None else list(SPLITS))
@@ -117,10 +243,15 @@ def manifest_datalist(
     if unknown:
         raise ManifestError(f"{path}: unknown split(s) {unknown}; expected one of {list(SPLITS)}")
     if fold is not None:
-        if "fold" not in frame.columns:
-            raise ManifestError(f"{path}: fold={fold} requested but the manifest has no 'fold' column")
-        pool = frame["split"].isin(["train", "val"])
-        in_fold = frame["fold"] == str(fold)
+        num_folds, fold = _check_folds(path, num_folds, fold)
+        rows = _row_folds(path, frame, num_folds, seed)
+        pool = _pool_mask(frame)
+        in_fold = frame.index.to_series().map(rows) == fold
+        if not in_fold.any():  # only a fold column can leave a fold empty
+            raise ManifestError(
+                f"{path}: fold {fold} has no train/val rows in the 'fold' column (it holds folds "
+                f"{sorted(set(rows.values()))})"
+            )
         masks = {"train": pool & ~in_fold, "val": pool & in_fold, "test": frame["split"] == "test"}
         keep = masks[wanted[0]]
         for s in wanted[1:]:

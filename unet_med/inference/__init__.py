@@ -2,7 +2,10 @@
 each scan's own geometry, QC pictures, DICOM SEG objects and a report.
 
 - :mod:`~unet_med.inference.segmenter`: :class:`BatchSegmenter` (one scan, a list, a folder).
-- :mod:`~unet_med.inference.bundle_loading`: ``inference.json`` + checkpoint -> :class:`InferenceBundle`.
+- :mod:`~unet_med.inference.bundle_loading`: ``inference.json`` + checkpoint(s), with the
+  ``network.json`` and ``plan.json`` beside them -> :class:`InferenceBundle`.
+- :mod:`~unet_med.inference.ensemble`: :class:`EnsembleNetwork`, several checkpoints as one
+  network (the mean of their softmax).
 - :mod:`~unet_med.inference.prediction`: one scan -> its label map (load, preprocess, infer, invert).
 - :mod:`~unet_med.inference.postprocessing`: the bundle's post-processing chain; back to the scan's grid.
 - :mod:`~unet_med.inference.outputs`: output names, the files per scan, finished-scan detection.
@@ -13,6 +16,14 @@ each scan's own geometry, QC pictures, DICOM SEG objects and a report.
 """
 
 from unet_med.inference.bundle_loading import BundleError, InferenceBundle, load_bundle
+from unet_med.inference.ensemble import EnsembleNetwork
 from unet_med.inference.segmenter import BatchResult, BatchSegmenter
 
-__all__ = ["BatchResult", "BatchSegmenter", "BundleError", "InferenceBundle", "load_bundle"]
+__all__ = [
+    "BatchResult",
+    "BatchSegmenter",
+    "BundleError",
+    "EnsembleNetwork",
+    "InferenceBundle",
+    "load_bundle",
+]

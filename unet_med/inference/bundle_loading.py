@@ -8,22 +8,44 @@ dropped because batch inference loads the scans itself), ``postprocessing`` (dic
 ``"pred"``, e.g. :func:`~unet_med.inference.postprocessing.postprocessing_transforms`; default:
 argmax and inversion of the preprocessing), ``device`` and optionally ``class_names`` or ``labels``.
 
-A checkpoint trained by a bundle names its architecture in ``network.json`` beside it, which
-replaces the config's ``network_def`` so the network fits the weights.
+A checkpoint trained by a bundle has two files beside it: ``network.json`` (its architecture),
+which replaces the config's ``network_def`` so the network fits the weights, and ``plan.json`` (the
+plan training ran with: {bundle config id: value}), whose ids that ``inference.json`` defines are
+set on the config, so inference repeats training's preprocessing without any ``--set``. Order:
+``inference.json`` < ``network.json`` < ``plan.json`` < the caller's overrides.
+
+Several checkpoints (a list, or a folder: :func:`checkpoint_files`) make an ensemble
+(:class:`~unet_med.inference.ensemble.EnsembleNetwork`, the mean of the members' softmax): each
+member is rebuilt from its own ``network.json``; their plans must agree.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundleError", "InferenceBundle", "load_bundle", "load_checkpoint_state"]
+__all__ = [
+    "NETWORK_FILE",
+    "PLAN_FILE",
+    "BundleError",
+    "InferenceBundle",
+    "checkpoint_files",
+    "checkpoint_plan",
+    "load_bundle",
+    "load_checkpoint_state",
+]
 
 # Prefixes that wrappers put before every parameter name: DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+NETWORK_FILE = "network.json"  # the architecture of the weights beside it, written by training
+PLAN_FILE = "plan.json"  # the plan a training ran with, written by training beside its weights
+# Folders a checkpoint folder search does not enter: MLflow artifact stores (the default store of a
+# training keeps a copy of models/model.pt under <output_dir>/mlartifacts/) and hidden folders.
+_NOT_SEARCHED = ("mlartifacts", "mlruns")
 
 
 class BundleError(ValueError):
@@ -44,6 +66,12 @@ class InferenceBundle:
         device: a ``torch.device``.
         labels: {label value: name}, 0 = background.
         spatial_dims, in_channels: what the network takes.
+        checkpoints: the weights loaded; several for an ensemble (``network`` is then an
+            :class:`~unet_med.inference.ensemble.EnsembleNetwork` of them, in this order).
+        plan: {config id: value} of ``plan.json`` applied to the config (the ids that
+            ``inference.json`` defines; the caller's overrides may have replaced some after it),
+            None without a plan file.
+        plan_file: the applied ``plan.json`` (the first member's for an ensemble), or None.
     """
 
     name: str
@@ -56,6 +84,63 @@ class InferenceBundle:
     labels: dict[int, str]
     spatial_dims: int
     in_channels: int
+    checkpoints: tuple[Path, ...] = ()
+    plan: dict[str, Any] | None = None
+    plan_file: Path | None = None
+
+
+def checkpoint_files(checkpoint: str | Path | Sequence[str | Path] | None, default: Path) -> list[Path]:
+    """The checkpoint files that ``checkpoint`` names, in order: ``default`` for None; a file as
+    it is (checked when loaded); a folder as every ``models/model.pt`` below it (the best weights
+    of each training run in it, e.g. one per fold; the folder itself may be a ``models`` folder),
+    sorted by path, or, when there is none, every ``*.pt`` file directly in it, sorted by name.
+    The search skips hidden folders and MLflow artifact folders (``mlartifacts``, ``mlruns``), which
+    hold copies of ``models/model.pt``. A list gives the concatenation of its entries.
+
+    Raises:
+        BundleError: an empty list, or a folder without checkpoints.
+    """
+    if checkpoint is None:
+        return [default]
+    entries = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    if not entries:
+        raise BundleError("no checkpoint given (an empty list)")
+    found: list[Path] = []
+    for entry in map(Path, entries):
+        if not entry.is_dir():
+            found.append(entry)
+            continue
+        runs = []
+        for folder, subfolders, files in os.walk(entry):
+            subfolders[:] = sorted(d for d in subfolders if d not in _NOT_SEARCHED and not d.startswith("."))
+            if Path(folder).name == "models" and "model.pt" in files:
+                runs.append(Path(folder) / "model.pt")
+        runs = sorted(runs) or sorted(p for p in entry.glob("*.pt") if p.is_file())
+        if not runs:
+            raise BundleError(
+                f"checkpoint folder {entry} holds no checkpoints (looked for models/model.pt below it, "
+                f"then *.pt in it)"
+            )
+        found.extend(runs)
+    return found
+
+
+def checkpoint_plan(checkpoint: Path) -> tuple[Path, dict[str, Any]] | None:
+    """``(file, plan)`` of the ``plan.json`` beside ``checkpoint``, or None without one.
+
+    Raises:
+        BundleError: the file is not a JSON object.
+    """
+    path = checkpoint.parent / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        plan = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(plan, dict):
+        raise BundleError(f"{path}: expected a JSON object of config ids, found {type(plan).__name__}")
+    return path, plan
 
 
 def load_checkpoint_state(path: Path) -> dict[str, Any]:
@@ -144,30 +229,109 @@ def _without_loading(preprocessing: Any) -> Any:
     return preprocessing if len(steps) == len(preprocessing.transforms) else Compose(steps)
 
 
+def _config_parser(
+    config: Path,
+    checkpoint: Path,
+    plan: tuple[Path, dict[str, Any]] | None,
+    overrides: Mapping[str, Any] | None,
+    device: str | None,
+) -> tuple[Any, dict[str, Any] | None]:
+    """``inference.json`` (with ``metadata.json`` as ``_meta_``) with ``network.json``, the plan and
+    ``overrides`` set, in that order; returns the parser and the plan ids it applied."""
+    from monai.bundle import ConfigParser
+
+    bundle_dir = config.parent.parent
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    meta_file = bundle_dir / "configs" / "metadata.json"
+    if meta_file.is_file():
+        parser.read_meta(str(meta_file))
+    parser["bundle_root"] = str(bundle_dir)
+    # A checkpoint trained by a bundle names its architecture in network.json beside it, so the
+    # network matches the weights whatever overrides (e.g. --base_width) trained it.
+    network_file = checkpoint.parent / NETWORK_FILE
+    if network_file.is_file():
+        try:
+            parser["network_def"] = json.loads(network_file.read_text())
+        except ValueError as exc:
+            raise BundleError(f"{network_file}: not valid JSON ({exc})") from None
+    applied = None
+    if plan is not None:
+        # the plan also holds training-only ids (batch_size, patch_size, ...) and notes ("_comments_")
+        applied = {k: v for k, v in plan[1].items() if not k.startswith("_") and k in parser}
+        for key, value in applied.items():
+            parser[key] = value
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    if device is not None:
+        parser["device"] = f"$torch.device({device!r})"
+    return parser, applied
+
+
+def _check_plans_agree(
+    checkpoints: Sequence[Path],
+    plans: Sequence[tuple[Path, dict[str, Any]] | None],
+    applied: Sequence[dict[str, Any] | None],
+) -> None:
+    """Every ensemble member must have been trained with the preprocessing of the first.
+
+    Raises:
+        BundleError: naming both plan files (or the checkpoint without one) and the differing ids.
+    """
+
+    def where(i: int) -> str:
+        plan = plans[i]
+        return str(plan[0]) if plan is not None else f"{checkpoints[i]} (no {PLAN_FILE} beside it)"
+
+    def value(plan: dict[str, Any], key: str) -> str:
+        return repr(plan[key]) if key in plan else "unset (inference.json's value)"
+
+    first = applied[0] or {}
+    for i in range(1, len(checkpoints)):
+        other = applied[i] or {}
+        unset = object()
+        differ = sorted(k for k in first.keys() | other.keys() if first.get(k, unset) != other.get(k, unset))
+        if differ:
+            detail = "; ".join(f"{k}: {value(first, k)} vs {value(other, k)}" for k in differ)
+            raise BundleError(
+                f"ensemble members were trained with different plans: {where(0)} and {where(i)} differ in "
+                f"{detail}; every member must use the same preprocessing"
+            )
+
+
 def load_bundle(
     bundle_dir: str | Path,
     *,
     device: str | None = None,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | Sequence[str | Path] | None = None,
     tta: bool = False,
     overrides: Mapping[str, Any] | None = None,
 ) -> InferenceBundle:
-    """Parse ``bundle_dir/configs/inference.json`` (with ``overrides`` {config id: value}) and load
-    the checkpoint (default ``bundle_dir/models/model.pt``) into its network.
+    """Parse ``bundle_dir/configs/inference.json`` and load the checkpoint (default
+    ``bundle_dir/models/model.pt``) into its network; several checkpoints make an ensemble.
+
+    The config gets, in this order: the ``network.json`` beside the checkpoint as ``network_def``,
+    the ids of the ``plan.json`` beside it that ``inference.json`` defines (training-only ids and
+    keys starting with ``_`` are skipped), then ``overrides``, so explicit overrides win.
 
     Args:
         bundle_dir: the bundle folder.
         device: ``cpu``, ``cuda`` or ``cuda:N``; default: the config's ``device``.
-        checkpoint: network weights; a ``network.json`` beside them replaces ``network_def``.
+        checkpoint: network weights: a file, a folder or a list of them
+            (:func:`checkpoint_files`). One file loads as one network, exactly as before; two or
+            more make an :class:`~unet_med.inference.ensemble.EnsembleNetwork` (mean softmax),
+            each member rebuilt from its own ``network.json``.
         tta: test-time augmentation (mean over flipped inputs) on an OverlapTileInferer.
-        overrides: {config id: value}, applied after ``network.json``.
+        overrides: {config id: value}, applied after ``network.json`` and ``plan.json``.
 
     Raises:
-        BundleError: missing bundle/config/ids, bad checkpoint, ``tta`` without an OverlapTileInferer.
+        BundleError: missing bundle/config/ids, a bad checkpoint, ``network.json`` or
+            ``plan.json``, ``tta`` without an OverlapTileInferer, or ensemble members whose plans,
+            shape arithmetic or channels differ (the message names both members' files).
     """
     import torch
-    from monai.bundle import ConfigParser
 
+    from unet_med.inference.ensemble import EnsembleNetwork
     from unet_med.inference.postprocessing import postprocessing_transforms
     from unet_med.inferers import OverlapTileInferer
 
@@ -177,46 +341,49 @@ def load_bundle(
         raise BundleError(f"bundle folder not found: {bundle_dir}")
     if not config.is_file():
         raise BundleError(f"{bundle_dir}: no configs/inference.json")
-    checkpoint = Path(checkpoint) if checkpoint is not None else bundle_dir / "models" / "model.pt"
-    state = load_checkpoint_state(checkpoint)
-
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    meta_file = bundle_dir / "configs" / "metadata.json"
-    if meta_file.is_file():
-        parser.read_meta(str(meta_file))
-    parser["bundle_root"] = str(bundle_dir)
-    # A checkpoint trained by a bundle names its architecture in network.json beside it, so the
-    # network matches the weights whatever overrides (e.g. --base_width) trained it.
-    network_file = checkpoint.parent / "network.json"
-    if network_file.is_file():
-        try:
-            parser["network_def"] = json.loads(network_file.read_text())
-        except ValueError as exc:
-            raise BundleError(f"{network_file}: not valid JSON ({exc})") from None
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    if device is not None:
-        parser["device"] = f"$torch.device({device!r})"
+    checkpoints = checkpoint_files(checkpoint, bundle_dir / "models" / "model.pt")
+    states = [load_checkpoint_state(c) for c in checkpoints]
+    plans = [checkpoint_plan(c) for c in checkpoints]
+    parsers, applied = zip(
+        *(_config_parser(config, c, plan, overrides, device) for c, plan in zip(checkpoints, plans))
+    )
+    _check_plans_agree(checkpoints, plans, applied)
+    parser = parsers[0]
     for key in ("network_def", "inferer", "preprocessing"):
         if key not in parser:
             raise BundleError(f"{config}: no '{key}' id (needed: network_def, inferer, preprocessing)")
     try:
         dev = parser.get_parsed_content("device") if "device" in parser else torch.device("cpu")
-        network = parser.get_parsed_content("network_def")
+        networks = [parser.get_parsed_content("network_def")]
         inferer = parser.get_parsed_content("inferer")
         preprocessing = parser.get_parsed_content("preprocessing")
         postprocessing = parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None
     except Exception as exc:
         raise BundleError(f"{config}: cannot be instantiated: {type(exc).__name__}: {exc}") from None
+    for member, member_parser in zip(checkpoints[1:], parsers[1:]):
+        try:
+            networks.append(member_parser.get_parsed_content("network_def"))
+        except Exception as exc:
+            raise BundleError(
+                f"{member}: the network of this ensemble member cannot be built from {config} and its "
+                f"{NETWORK_FILE}: {type(exc).__name__}: {exc}"
+            ) from None
     dev = torch.device(dev)
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = str(exc).strip().splitlines()
-        raise BundleError(
-            f"{checkpoint}: weights do not fit the bundle's network_def ({' '.join(lines[:3])[:300]})"
-        ) from None
+    for net, state, path in zip(networks, states, checkpoints):
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            lines = str(exc).strip().splitlines()
+            raise BundleError(
+                f"{path}: weights do not fit the bundle's network_def ({' '.join(lines[:3])[:300]})"
+            ) from None
+    if len(networks) == 1:
+        network = networks[0]
+    else:
+        try:
+            network = EnsembleNetwork(networks, names=[str(c) for c in checkpoints])
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
     network = network.to(dev).eval()
     if tta:
         if not isinstance(inferer, OverlapTileInferer):
@@ -239,4 +406,7 @@ def load_bundle(
         labels=_bundle_labels(parser, getattr(network, "out_channels", None)),
         spatial_dims=dims,
         in_channels=channels,
+        checkpoints=tuple(checkpoints),
+        plan=applied[0],
+        plan_file=plans[0][0] if plans[0] is not None else None,
     )

@@ -16,6 +16,7 @@ inferer's (stitched output + one window batch).
 Example::
 
     segmenter = BatchSegmenter.from_bundle("bundles/unet3d", checkpoint="run/models/model.pt")
+    # or an ensemble: checkpoint=["fold0/models/model.pt", "fold1/models/model.pt"] or "cv_runs/"
     result = segmenter.segment_folder("scans/", "out/")  # out/report.csv, out/<scan>_seg.nii.gz
     row = segmenter.segment_scan(scan, "out/")  # one discovered scan, e.g. from a watched inbox
 """
@@ -102,7 +103,7 @@ class BatchSegmenter:
         cls,
         bundle_dir: str | Path,
         *,
-        checkpoint: str | Path | None = None,
+        checkpoint: str | Path | Sequence[str | Path] | None = None,
         device: str | None = None,
         tta: bool = False,
         overrides: Mapping[str, Any] | None = None,
@@ -111,7 +112,8 @@ class BatchSegmenter:
         overwrite: bool = False,
     ) -> BatchSegmenter:
         """Load ``bundle_dir`` (see :func:`~unet_med.inference.bundle_loading.load_bundle` for
-        ``checkpoint``, ``device``, ``tta``, ``overrides``) and make a segmenter of it.
+        ``checkpoint``, ``device``, ``tta``, ``overrides``) and make a segmenter of it. Several
+        checkpoints (a list or a folder of them) segment with their ensemble (mean softmax).
 
         Raises:
             BundleError: the bundle or checkpoint cannot be used.
