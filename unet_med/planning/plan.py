@@ -442,7 +442,8 @@ def make_plan(
     median_shape = _median_shape(fingerprint, spacing, settings)
     throughput_source = "given" if throughput_flops is not None else "measured"
     if throughput_flops is None and _device_kind(device) == "cpu":
-        throughput_flops, throughput_source = NOMINAL_CPU_FLOPS, "nominal for a CPU, so plans are reproducible"
+        throughput_flops = NOMINAL_CPU_FLOPS
+        throughput_source = "nominal for a CPU, so plans are reproducible"
     throughput = throughput_flops if throughput_flops is not None else _throughput(device, dims, width)
     # on a CPU the step time caps the patch too (time is the limit there, not memory)
     max_step_flops = (
@@ -518,7 +519,8 @@ def make_plan(
         epoch_s = iterations * step_s
         comments["iterations_per_epoch"] = (
             f"{iterations} optimiser steps per epoch, whatever the number of scans: an estimated "
-            f"{step_s:.2f} s per step on {device} ({throughput / 1e9:.0f} GFLOP/s {throughput_source}) makes an "
+            f"{step_s:.2f} s per step on {device} ({throughput / 1e9:.0f} GFLOP/s {throughput_source}) "
+            "makes an "
             f"epoch about {epoch_s / 60:.1f} min (CPU target {CPU_EPOCH_SECONDS:.0f} s, "
             f"{low}..{high} steps)"
             + (
