@@ -645,7 +645,7 @@ def check_plan(plan: dict[str, Any] | str | Path, *, bundle_name: str | Path, ma
     sha = manifest_sha256(manifest)
     if plan.get("manifest_sha256") != sha:
         raise PlanError(
-            f"{source} was made for manifest {plan.get('manifest')} (sha256 "
+            f"{source} was made for manifest {plan.get('manifest') or '(another manifest)'} (sha256 "
             f"{str(plan.get('manifest_sha256'))[:12]}...), not for manifest {Path(manifest).resolve()} "
             f"(sha256 {sha[:12]}...); the data changed: plan again with `unet-med plan {manifest}`"
         )
