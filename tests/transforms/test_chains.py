@@ -1,4 +1,6 @@
-"""Transform chains: border weight map, valid-convolution patch pairs, elastic deformation, inversion."""
+"""Transform chains: valid-convolution patch pairs (sizes, centre alignment), training
+augmentations keep label values, the inference chain inverts to the input geometry, the
+foreground crop and resampling orders of the preprocessing chain."""
 
 from __future__ import annotations
 
@@ -6,62 +8,17 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.transforms import CropForegroundd, Spacingd
 
 from unet_med.data.writing import save_nifti
 from unet_med.transforms import (
-    BorderWeightMapd,
-    RandCoarseElasticd,
-    border_weight_map,
-    class_balance_weights,
+    BodyForeground,
     inference_transforms,
     prediction_inversion_transforms,
     preprocessing_transforms,
     training_transforms,
     valid_patch_margin,
 )
-
-
-def two_squares(ndim: int = 2, size: int = 48, gap: int = 2) -> np.ndarray:
-    """Two 10-voxel squares/cubes of class 1 separated by a ``gap``-voxel background ridge."""
-    label = np.zeros((size,) * ndim, np.uint8)
-    lo, hi = 8, 18
-    a = tuple(slice(lo, hi) for _ in range(ndim))
-    b = (slice(hi + gap, hi + gap + 10),) + a[1:]
-    label[a] = 1
-    label[b] = 1
-    return label
-
-
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_border_weight_map_ridge_and_far_background(ndim):
-    label = two_squares(ndim)
-    wc = class_balance_weights(label)
-    w = border_weight_map(label, w0=10, sigma=5)
-    ridge = (19,) + (12,) * (ndim - 1)  # second gap voxel between the objects: d1 = 1, d2 = 2
-    assert w[ridge] > 10 / 2
-    assert w[ridge] == pytest.approx(wc[0] + 10 * np.exp(-((1 + 2) ** 2) / 50), rel=1e-4)
-    far = (45,) * ndim  # far from both objects
-    assert w[far] == pytest.approx(wc[0], abs=1e-3)
-    inside = (12,) * ndim
-    assert w[inside] == pytest.approx(wc[1])
-    assert wc[1] > wc[0]  # the rarer foreground weighs more
-    # A lone object gets no border term.
-    single = label.copy()
-    single[(slice(20, None),) + (slice(None),) * (ndim - 1)] = 0
-    assert np.allclose(border_weight_map(single, class_weights=None), 1.0)
-
-
-def test_border_weight_map_from_instances_separates_touching_objects():
-    label = np.zeros((40, 40), np.uint8)
-    label[10:20, 10:30] = 1  # one class region ...
-    inst = np.zeros_like(label, np.int32)
-    inst[10:20, 10:20], inst[10:20, 20:30] = 1, 2  # ... made of two touching cells
-    d = {"label": MetaTensor(torch.as_tensor(label[None]).float()), "inst": torch.as_tensor(inst[None])}
-    out = BorderWeightMapd("label", instance_key="inst", class_weights=None)(d)
-    w = out["weight"]
-    assert isinstance(w, MetaTensor) and w.shape == (1, 40, 40)
-    assert w[0, 9, 20] > w[0, 9, 5] + 4  # background just above the contact line: near both cells
-    assert float(w[0, 15, 15]) == 1.0  # inside: class weight only
 
 
 def test_valid_patch_margin_rejects_uncentred_sizes():
@@ -138,26 +95,6 @@ def test_training_patches_with_augmentation_keep_label_values_and_shapes(tmp_pat
         assert float(s["weight"].min()) > 0
 
 
-def test_coarse_elastic_moves_all_keys_together_and_identity_at_zero_sigma():
-    rng = np.random.default_rng(0)
-    lab = torch.as_tensor(rng.integers(0, 3, (1, 40, 40)).repeat(4, 1).repeat(4, 2)[:, :40, :40]).float()
-    d = {"image": lab.clone(), "label": lab.clone()}
-    t = RandCoarseElasticd(["image", "label"], prob=1.0, sigma=10.0, order=[0, 0])
-    t.set_random_state(5)
-    out = t(d)
-    assert torch.equal(out["image"], out["label"])  # one field for all keys
-    assert not torch.equal(out["label"], lab)  # it did deform
-    assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0, 2.0}
-    still = RandCoarseElasticd(["image"], prob=1.0, sigma=0.0, order=3)(dict(d))
-    assert torch.allclose(still["image"], lab, atol=1e-5)
-
-
-def test_ct_window_scaling():
-    img = MetaTensor(torch.tensor([[[-2000.0, -1000.0, 0.0, 1000.0, 3000.0]]]))
-    out = preprocessing_transforms(["image"], load=False, axcodes=None, window=(-1000, 1000))({"image": img})
-    assert torch.allclose(out["image"], torch.tensor([[[0.0, 0.0, 0.5, 1.0, 1.0]]]))
-
-
 @pytest.mark.parametrize("spacing,min_dice", [(None, 1.0), ((1.0, 1.0, 1.0), 0.9)])
 def test_inference_chain_inverts_to_the_input_geometry(tmp_path, spacing, min_dice):
     shape = (30, 26, 12)
@@ -179,23 +116,35 @@ def test_inference_chain_inverts_to_the_input_geometry(tmp_path, spacing, min_di
     assert dice >= min_dice
 
 
-def test_elastic_field_is_the_cubic_spline_zoom_and_the_warp_mirrors():
-    from scipy import ndimage
-
-    t = RandCoarseElasticd(["image"], prob=1.0, sigma=10.0, order=1)
-    t.set_random_state(3)
-    t.randomize(3)
-    shape = (40, 30, 20)
-    zoomed = [
-        ndimage.zoom(c, [s / 3 for s in shape], order=3, mode="nearest", grid_mode=False) for c in t._coarse
-    ]
-    assert np.allclose(t.displacement(shape), np.stack(zoomed), atol=1e-9)
-
-    img = torch.rand(1, 50, 40)
-    t.set_random_state(1)
-    out = t({"image": img})["image"]
-    t.set_random_state(1)
-    t.randomize(2)
-    coords = np.stack(np.meshgrid(np.arange(50.0), np.arange(40.0), indexing="ij")) + t.displacement((50, 40))
-    expected = ndimage.map_coordinates(img[0].double().numpy(), coords, order=1, mode="mirror")
-    assert np.allclose(out[0].numpy(), expected, atol=1e-4)
+def test_zscore_foreground_mode_crops_to_the_body_and_resamples_with_the_given_orders(
+    mr_body, in_field_of_view
+):
+    rng = np.random.default_rng(0)
+    body, inside = mr_body(rng, 12)
+    image = in_field_of_view(body, inside, 6, rng)
+    label = np.zeros(image.shape, np.float32)
+    label[10:14, 10:14, 10:14] = 2
+    affine = torch.eye(4)
+    data = {
+        "image": MetaTensor(torch.from_numpy(image[None]), affine=affine),
+        "label": MetaTensor(torch.from_numpy(label[None]), affine=affine),
+    }
+    chain = preprocessing_transforms(
+        ["image", "label"], load=False, axcodes=None, spacing=(2.0, 2.0, 2.0), intensity="zscore_foreground",
+        crop_foreground=True,
+    )  # fmt: skip
+    crops = [t for t in chain.transforms if isinstance(t, CropForegroundd)]
+    assert len(crops) == 1 and isinstance(crops[0].cropper.select_fn, BodyForeground)
+    out = chain(data)
+    # the 12-voxel body resampled to 2 mm (about 6 voxels), the 6 voxels of noisy air around it cropped
+    assert all(5 <= s <= 7 for s in out["image"].shape[1:])
+    assert set(np.unique(np.asarray(out["label"]))) <= {0.0, 2.0}  # nearest neighbour keeps classes
+    spacing = next(t for t in chain.transforms if isinstance(t, Spacingd))
+    assert spacing.mode == ("bilinear", "nearest")  # orders 1 and 0, today's modes
+    cubic = preprocessing_transforms(
+        ["image", "label"], load=False, axcodes=None, spacing=(2.0, 2.0, 2.0), resample_order_image=3
+    )
+    assert next(t for t in cubic.transforms if isinstance(t, Spacingd)).mode == (3, "nearest")
+    assert cubic(data)["image"].shape[1:] == (12, 12, 12)
+    with pytest.raises(ValueError, match="resample_order_label must be a spline order"):
+        preprocessing_transforms(["image"], load=False, resample_order_label=7)
