@@ -37,3 +37,18 @@ def test_dataset_caches_the_deterministic_prefix_only(tmp_path, cache):
         assert any((tmp_path / "c").iterdir())
     with pytest.raises(ValueError, match="cache must be one of"):
         make_dataset([], chain, cache="ram")
+
+
+def test_disk_cache_is_not_shared_between_preprocessing_settings(tmp_path):
+    CountingLoad.calls = 0
+    chain = Compose(
+        [CountingLoad(["image"]), RandSpatialCropd(["image"], roi_size=(4, 4), random_size=False)]
+    )
+    item = [{"offset": 0.0}]
+    for key in ({"normalization": "ct_dataset"}, {"normalization": "zscore_foreground"}):
+        make_dataset(item, chain, cache="disk", cache_dir=tmp_path / "c", cache_key=key)[0]
+    assert CountingLoad.calls == 2  # another setting does not read the first one's files
+    same = {"normalization": "ct_dataset"}
+    make_dataset(item, chain, cache="disk", cache_dir=tmp_path / "c", cache_key=same)[0]
+    assert CountingLoad.calls == 2  # the same setting reuses them
+    assert len(list((tmp_path / "c").iterdir())) == 2

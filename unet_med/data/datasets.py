@@ -8,6 +8,8 @@ resampling, intensity normalisation, weight map) is computed once per scan.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ def make_dataset(
     cache: str = "memory",
     cache_dir: str | Path | None = None,
     *,
+    cache_key: Any = None,
     cache_rate: float = 1.0,
     num_workers: int | None = 0,
     progress: bool = False,
@@ -33,10 +36,15 @@ def make_dataset(
         datalist: dicts as :func:`~unet_med.data.manifest.manifest_datalist` returns.
         transform: the MONAI chain (usually a ``Compose``).
         cache: ``"memory"`` -> ``CacheDataset`` (deterministic prefix kept in RAM),
-            ``"disk"`` -> ``PersistentDataset`` (prefix cached as files under ``cache_dir``,
-            reused across runs; the cache key includes the transform chain's hash),
+            ``"disk"`` -> ``PersistentDataset`` (prefix cached as files under
+            ``cache_dir/<hash of cache_key>``, reused across runs with the same settings),
             ``"none"`` -> plain ``Dataset``.
         cache_dir: folder for ``"disk"`` (required there).
+        cache_key: the settings the deterministic prefix depends on (normalisation, spacing,
+            weight-map parameters, ...; JSON-serialisable). MONAI's ``PersistentDataset`` keys its
+            files by the data item only (its transform hashing falls back to class names), so a
+            run with other preprocessing settings would read stale files; each distinct
+            ``cache_key`` gets its own sub-folder instead.
         cache_rate: fraction of items ``"memory"`` keeps cached.
         num_workers: threads that fill the memory cache (0: in the calling thread).
 
@@ -53,8 +61,12 @@ def make_dataset(
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir for the on-disk cache")
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(data, transform, cache_dir=cache_dir)
+        folder = Path(cache_dir)
+        if cache_key is not None:
+            text = json.dumps(cache_key, sort_keys=True, default=str)
+            folder = folder / hashlib.sha256(text.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        return PersistentDataset(data, transform, cache_dir=folder)
     if cache == "none":
         return Dataset(data, transform)
     raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
