@@ -16,8 +16,9 @@ CT intensities are in Hounsfield units (HU); data are channel-first. The normali
   non-zero, so prefer ``"zscore_foreground"``);
 - ``"none"``.
 
-The selectors (:class:`ForegroundAbove`, :class:`BodyForeground`) are picklable classes with a
-fixed ``repr``, because the ``repr`` is part of the PersistentDataset cache key.
+The selectors (:class:`ForegroundAbove`, :class:`BodyForeground`) are picklable classes (worker
+processes and cached datasets copy them) with a readable, stable ``repr`` (it shows in logs and the
+executed config).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class BodyForeground:
         # a plain boolean tensor, as ``x > threshold`` gives: MONAI's bounding box reads its maxima
         return torch.as_tensor(masks, device=x.device) if isinstance(x, torch.Tensor) else masks
 
-    def __repr__(self) -> str:  # part of the PersistentDataset cache key
+    def __repr__(self) -> str:  # stable and readable in logs
         return "BodyForeground()"
 
 
@@ -189,5 +190,5 @@ class ForegroundAbove:
     def __call__(self, x: Any) -> Any:
         return x > self.threshold
 
-    def __repr__(self) -> str:  # part of the PersistentDataset cache key
+    def __repr__(self) -> str:  # stable and readable in logs
         return f"ForegroundAbove({self.threshold})"
