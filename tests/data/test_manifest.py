@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from unet_med.data import manifest_datalist, read_manifest
-from unet_med.data.manifest import ManifestError
+from unet_med.data.manifest import ManifestError, manifest_class_names
 
 
 def test_datalist_split_and_fold_selection(tmp_path):
@@ -36,3 +38,12 @@ def test_read_manifest_names_missing_columns(tmp_path):
     csv.write_text("subject,image,split\nx,a.nii.gz,train\n")
     with pytest.raises(ManifestError, match=r"bad.csv: missing column\(s\) subject_id, label"):
         read_manifest(csv)
+
+
+def test_manifest_class_names_from_the_sidecar_or_the_default(tmp_path):
+    m = tmp_path / "m.csv"
+    assert manifest_class_names(m, ["background", "organ"]) == ["background", "organ"]  # no manifest yet
+    m.write_text("subject_id,image,label,split\n")
+    assert manifest_class_names(m, ["background", "organ"]) == ["background", "organ"]  # no sidecar
+    (tmp_path / "m.json").write_text(json.dumps({"labels": {"0": "background", "1": "grey", "3": "white"}}))
+    assert manifest_class_names(m, ["x"]) == ["background", "grey", "label_2", "white"]

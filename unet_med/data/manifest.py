@@ -302,3 +302,14 @@ def manifest_labels(path: str | Path) -> dict[int, str] | None:
         raise ManifestError(
             f"{sidecar}: 'labels' must map integer class values to names, got {labels!r}"
         ) from None
+
+
+def manifest_class_names(path: str | Path, default: Sequence[str]) -> list[str]:
+    """Class names, background first, as a training needs them: the manifest sidecar's ``labels``
+    (``0..max``; a gap gets ``label_<k>``), else ``default`` (also while the manifest does not
+    exist yet, e.g. before a bundle generates its demo dataset, or for tools that only build the
+    network)."""
+    labels = manifest_labels(path) if Path(path).is_file() else None
+    if not labels:
+        return [str(name) for name in default]
+    return [labels.get(i, "background" if i == 0 else f"label_{i}") for i in range(max(labels) + 1)]

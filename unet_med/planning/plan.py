@@ -63,6 +63,8 @@ PLAN_IDS = (
     "bundle",
     "manifest",
     "manifest_sha256",
+    "num_classes",
+    "class_names",
     "normalization",
     "intensity_clip",
     "intensity_mean",
@@ -399,6 +401,17 @@ def make_plan(
     comments["manifest"] = "the manifest the plan was made from (absolute path)"
     comments["manifest_sha256"] = "SHA-256 of the manifest's bytes; a plan is refused for a changed manifest"
 
+    classes = _num_classes(fingerprint)
+    labels = {int(k): str(v) for k, v in (fingerprint.get("labels") or {}).items()}
+    plan["num_classes"] = classes
+    plan["class_names"] = [labels.get(i, "background" if i == 0 else f"label_{i}") for i in range(classes)]
+    comments["num_classes"] = comments["class_names"] = (
+        "classes (background first) from the manifest's label names"
+        if labels
+        else "classes from the label values found in the training scans (no label names in the "
+        "manifest's sidecar: a training without this plan file uses the bundle's default names)"
+    )
+
     norm, why = _normalisation(fingerprint)
     plan.update(norm)
     comments["normalization"] = why
@@ -429,7 +442,7 @@ def make_plan(
         width, width_source = int(settings["base_width"]), f"the {settings['preset']} preset's width"
     channels = int(fingerprint["channels"])
     network = create_unet(
-        settings["preset"], in_channels=channels, out_channels=_num_classes(fingerprint), base_width=width
+        settings["preset"], in_channels=channels, out_channels=classes, base_width=width
     )
     spec = network.spec
     period = 2**spec.poolings
