@@ -254,9 +254,11 @@ class TrainingCheckpoint:
         """At the end: the last checkpoint, ``model.pt`` without validation, the MLflow artifact."""
         if not is_main_process():
             return
-        if engine.state.epoch % self.save_every:
+        stopped_mid_epoch = engine.state.iteration % max(1, engine.state.epoch_length or 1) != 0
+        if engine.state.epoch % self.save_every or stopped_mid_epoch:  # e.g. by a time limit
             self.save_last(engine)
-        if not self.has_validation:
+        if not self.has_validation or self._best.epoch < 0:
+            # no validation, or none before a time limit stopped the run: the last weights
             self.save_best_model()
         if self.tracker is not None:
             for name in (self.BEST, self.NETWORK, self.PLAN):
