@@ -60,12 +60,13 @@ def _top_level_id(config_id: str) -> str:
 
 
 def bundle_config_ids(config_files: str | os.PathLike | Sequence[str | os.PathLike]) -> set[str]:
-    """Top-level ids of the given config files and of every config file beside them (the
+    """Top-level ids of the given config files and of every config file beside the first one (the
     bundle's ``configs/`` folder: training, evaluation, inference and multi-GPU ids alike),
-    ``metadata.json`` excepted."""
+    ``metadata.json`` excepted. Only the bundle's folder is scanned: an override file merged
+    from elsewhere (a plan file in a data folder) contributes its own ids, not its neighbours'."""
     files = [Path(f) for f in ensure_tuple(config_files)]
-    for folder in {f.parent for f in files}:
-        files += [p for p in sorted(folder.iterdir()) if p.suffix in _CONFIG_SUFFIXES]
+    if files:
+        files += [p for p in sorted(files[0].parent.iterdir()) if p.suffix in _CONFIG_SUFFIXES]
     files = [f for f in files if f.name != "metadata.json"]
     ids: set[str] = set()
     for path in dict.fromkeys(files):
