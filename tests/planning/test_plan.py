@@ -155,7 +155,9 @@ def test_bundle_follows_the_dimensionality_and_a_wrong_one_is_refused(ct_fingerp
 def test_training_command_names_the_bundle_the_plan_and_the_manifest(ct_fingerprint):
     plan = make_plan(ct_fingerprint, bundle=str(BUNDLES / "unet3d"), plan_path="runs/PLAN.json", **FAST)
     cmd = plan["training_command"]
-    assert cmd.startswith("python -m monai.bundle run training ")
+    # the documented command: through the project's workflow (override check, executed config)
+    workflow = "--workflow_name unet_med.bundle.UNetMedWorkflow"
+    assert cmd.startswith(f"python -m monai.bundle run training {workflow} ")
     assert f"--config_file \"['{BUNDLES}/unet3d/configs/training.json','runs/PLAN.json']\"" in cmd
     assert f"--manifest {ct_fingerprint['manifest']}" in cmd and f"--bundle_root {BUNDLES}/unet3d" in cmd
 

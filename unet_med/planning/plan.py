@@ -587,7 +587,7 @@ def training_command(bundle_path: str | Path, plan_path: str | Path, manifest: s
     quoted = f'"{configs}"' if not set(configs) & set('"$`\\') else shlex.quote(configs)
     return " ".join(
         [
-            "python -m monai.bundle run training",
+            "python -m monai.bundle run training --workflow_name unet_med.bundle.UNetMedWorkflow",
             f"--meta_file {shlex.quote(bundle + '/configs/metadata.json')}",
             f"--config_file {quoted}",
             f"--bundle_root {shlex.quote(bundle)}",
