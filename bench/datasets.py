@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from unet_med.data.demo import rotated_scan_affine
+from unet_med.data.demo import assign_splits, rotated_scan_affine
 from unet_med.data.writing import save_nifti, write_csv, write_json
 
 __all__ = [
@@ -143,15 +143,6 @@ def ct_aniso_volume(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16), label
 
 
-def _splits(n: int, rng: np.random.Generator) -> list[str]:
-    """About 60/20/20 train/val/test, at least one scan each, in a seeded order."""
-    if n < 3:
-        raise ValueError(f"a dataset needs n >= 3 scans (one per split), got n={n}")
-    n_val = n_test = max(1, round(0.2 * n))
-    splits = ["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
-    return [splits[i] for i in rng.permutation(n)]
-
-
 def _write(
     out_dir: Path,
     name: str,
@@ -163,7 +154,7 @@ def _write(
 ) -> Path:
     import pandas as pd
 
-    splits = _splits(n, np.random.default_rng(seed))
+    splits = assign_splits(n, np.random.default_rng(seed), held_out_fraction=0.2)
     rows = []
     for idx in range(n):
         rng = np.random.default_rng([seed, idx])

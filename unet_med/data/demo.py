@@ -135,10 +135,12 @@ def demo_volume_3d(
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), label
 
 
-def _splits(n: int, rng: np.random.Generator) -> list[str]:
+def assign_splits(n: int, rng: np.random.Generator, held_out_fraction: float = 0.15) -> list[str]:
+    """Splits for ``n`` synthetic scans in a seeded order: ``held_out_fraction`` of them each for
+    validation and test (at least one each), the rest for training."""
     if n < 3:
-        raise ValueError(f"a demo dataset needs n >= 3 scans (one per split), got n={n}")
-    n_val = n_test = max(1, round(0.15 * n))
+        raise ValueError(f"a synthetic dataset needs n >= 3 scans (one per split), got n={n}")
+    n_val = n_test = max(1, round(held_out_fraction * n))
     splits = ["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
     return [splits[i] for i in rng.permutation(n)]
 
@@ -177,7 +179,7 @@ def generate_demo_dataset(
     size = size if size is not None else (96 if dims == 2 else 56)
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    splits = _splits(n, rng)
+    splits = assign_splits(n, rng)
     rows = []
     for idx in range(n):
         sid = f"demo{dims}d_{idx:03d}"
