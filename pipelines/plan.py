@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="plan for this network width instead of the bundle's (written to the plan)",
     )  # fmt: skip
     parser.add_argument(
+        "--depth", type=int, default=None,
+        help="plan for this many poolings (default: the preset's; on a CPU fewer when the preset's "
+        "smallest training step would be too slow)",
+    )  # fmt: skip
+    parser.add_argument(
         "--num-classes", type=int, default=None,
         help="declared label classes 0..N-1 (default: the manifest sidecar's labels)",
     )  # fmt: skip
@@ -86,7 +91,7 @@ def _table(plan: dict[str, Any], output: Path) -> str:
     head = (
         f"plan for {plan['manifest']}: {info['training_scans']} training scans, {info['channels']} "
         f"channel(s), {info['modality']} ({info['modality_source']}), {info['preset']} "
-        f"width {info['base_width']}"
+        f"width {info['base_width']}, {plan['depth']} poolings"
     )
     lines = [head] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
     lines += [
@@ -114,7 +119,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.bundle is not None and _bundle_name(args.bundle) not in BUNDLES:
         print(f"error: unknown bundle {args.bundle!r}; plans are made for {sorted(BUNDLES)}")
         return 2
-    for name in ("memory_budget_mb", "base_width", "num_classes"):
+    for name in ("memory_budget_mb", "base_width", "depth", "num_classes"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             print(f"error: --{name.replace('_', '-')} must be > 0, got {value}")
@@ -135,6 +140,7 @@ def run_plan(args: argparse.Namespace) -> int:
             device=args.device,
             memory_budget_mb=args.memory_budget_mb,
             base_width=args.base_width,
+            depth=args.depth,
             plan_path=args.output,
         )
     except (FingerprintError, PlanError, ManifestError, ScanLoadError) as exc:

@@ -15,6 +15,7 @@ from unet_med.bundle import UNetMedWorkflow
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "bundles" / "schema" / "meta_schema.json"
 BUNDLES = ["unet2d_paper", "unet3d"]
+PRESET_DEPTH = {"unet2d_paper": 4, "unet3d": 3}  # the presets' poolings (paper, cicek3d)
 CONFIG_FILES = ["metadata.json", "training.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
                 "logging.conf"]
 
@@ -44,11 +45,13 @@ def test_metadata_verifies_against_the_local_schema(bundle, tmp_path):
 def test_network_input_output_channels_dtype_and_valid_sizes(bundle):
     meta = str(_configs(bundle) / "metadata.json")
     config = str(_configs(bundle) / "training.json")
-    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config, device="cpu", base_width=2)
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config, device="cpu", base_width=2,
+                      depth=PRESET_DEPTH[bundle])  # MONAI drops None-valued overrides
     parser = ConfigParser()
     parser.read_config(config)
     parser.read_meta(meta)
     parser["base_width"] = 2
+    parser["depth"] = None  # the preset's (a planned depth needs data)
     net = parser.get_parsed_content("network_def")
     fmt = parser.get("_meta_#network_data_format")
     declared_in = tuple(fmt["inputs"]["image"]["spatial_shape"])
@@ -66,6 +69,7 @@ def test_checkpoint_exports_to_torchscript(bundle, tmp_path):
     parser = ConfigParser()
     parser.read_config(config)
     parser["base_width"] = 2
+    parser["depth"] = None
     net = parser.get_parsed_content("network_def")
     torch.save(net.state_dict(), tmp_path / "model.pt")
     ckpt_export(
@@ -75,6 +79,7 @@ def test_checkpoint_exports_to_torchscript(bundle, tmp_path):
         meta_file=str(_configs(bundle) / "metadata.json"),
         config_file=config,
         base_width=2,
+        depth=PRESET_DEPTH[bundle],
     )
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     size = (1, 1) + ((188, 188) if bundle == "unet2d_paper" else (92, 92, 92))
@@ -96,6 +101,7 @@ def tiny_data(tmp_path_factory):
         parser = ConfigParser()
         parser.read_config(str(_configs(bundle) / "training.json"))
         parser["base_width"] = 2
+        parser["depth"] = None
         (root / bundle / "models").mkdir(parents=True)
         weights = parser.get_parsed_content("network_def").state_dict()
         torch.save(weights, root / bundle / "models" / "model.pt")
@@ -119,10 +125,12 @@ def test_monai_workflow_properties(bundle, workflow_class, workflow_type, files,
         bundle_root=str(ROOT / "bundles" / bundle),
         dataset_dir=str(d["data"]),
         base_width=2,
+        depth=PRESET_DEPTH[bundle],
         checkpoint_file=str(d["out"] / "models" / "model.pt"),
     )
     if files != ["inference.json"]:
         overrides.update(output_dir=str(d["out"]), demo_n=3, demo_size=d["size"], cache="none")
+        overrides.update(patch_size=[4] * d["dims"])  # legal for the preset's depth given above
     workflow = workflow_class(
         config_file=[str(_configs(bundle) / f) for f in files],
         meta_file=str(_configs(bundle) / "metadata.json"),

@@ -160,3 +160,19 @@ def test_dropout_is_at_the_bottleneck_only_for_paper_and_levels_4_5_for_keras() 
 
 def test_every_preset_is_listed() -> None:
     assert sorted(PRESETS) == ["cicek3d", "keras", "paper", "vgg16"]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_depth_keeps_the_presets_shallowest_levels(preset):
+    from unet_med.networks import preset_depth
+
+    full = preset_depth(preset)
+    deep = create_unet(preset, base_width=8)
+    assert create_unet(preset, base_width=8, depth=full).config == deep.config
+    shallow = create_unet(preset, base_width=8, depth=full - 1)
+    assert shallow.spec.poolings == full - 1
+    assert shallow.config["widths"] == deep.config["widths"][:-1]
+    if deep.config["padding"] == "valid":
+        assert all(s < d for s, d in zip(shallow.margin(), deep.margin()))  # less context
+    with pytest.raises(ValueError, match="depth"):
+        create_unet(preset, depth=full + 1)

@@ -215,3 +215,31 @@ def test_plan_write_is_atomic(ct_fingerprint, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["PLAN.json"]
+
+
+def test_a_cpu_plan_keeps_the_deepest_network_whose_smallest_step_fits_the_step_target(ct_fingerprint):
+    from unet_med.networks import preset_depth
+    from unet_med.planning.plan import CPU_STEP_TARGET_S, NOMINAL_CPU_FLOPS, STEP_OVERHEAD
+    from unet_med.planning.training_cost import training_cost
+
+    full = preset_depth("cicek3d")
+    cpu = make_plan(ct_fingerprint, base_width=8)  # nominal CPU throughput: reproducible
+    target_flops = CPU_STEP_TARGET_S * NOMINAL_CPU_FLOPS / STEP_OVERHEAD
+
+    def smallest_step_flops(depth):
+        net = create_unet("cicek3d", out_channels=cpu["num_classes"], base_width=8, depth=depth)
+        smallest = min_input_size((1, 1, 1), net.spec)
+        return training_cost(net, min_input_size((8, 8, 8), net.spec)).step_flops(smallest, 1)
+
+    # the 3D U-Net's three poolings cost more than the target even for the smallest output ...
+    assert smallest_step_flops(full) > target_flops
+    assert cpu["depth"] < full and smallest_step_flops(cpu["depth"]) <= target_flops
+    assert "instead of the cicek3d preset's" in cpu["_comments_"]["depth"]
+    net = create_unet("cicek3d", out_channels=cpu["num_classes"], base_width=8, depth=cpu["depth"])
+    assert net.spec.poolings == cpu["depth"]
+    assert list(valid_output_size(cpu["_planned_with_"]["input_patch_size"], net.spec)) == cpu["patch_size"]
+    # ... a GPU plan (no step target) and an explicit depth keep what they are given
+    gpu = make_plan(ct_fingerprint, base_width=8, device="cuda", memory_budget_mb=4096, throughput_flops=1e13)
+    assert gpu["depth"] == full
+    given = make_plan(ct_fingerprint, base_width=8, depth=full)
+    assert given["depth"] == full and given["_comments_"]["depth"] == "network poolings (given)"

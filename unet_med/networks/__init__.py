@@ -6,6 +6,7 @@ from unet_med.networks.presets import (
     count_parameters,
     create_unet,
     load_vgg16_features,
+    preset_depth,
     preset_table,
 )
 from unet_med.networks.shapes import (
@@ -35,6 +36,7 @@ __all__ = [
     "load_vgg16_features",
     "min_input_size",
     "nearest_legal_sizes",
+    "preset_depth",
     "preset_table",
     "valid_output_size",
 ]

@@ -18,6 +18,7 @@ __all__ = [
     "Preset",
     "PRESETS",
     "create_unet",
+    "preset_depth",
     "count_parameters",
     "count_conv_layers",
     "preset_table",
@@ -126,20 +127,52 @@ def _unet_arguments() -> list[str]:
     return [p for p in params if p not in ("self", "spatial_dims", "in_channels", "out_channels")]
 
 
-def create_unet(preset: str, *, in_channels: int = 1, out_channels: int = 2, **overrides: Any) -> UNet:
+def preset_depth(preset: str) -> int:
+    """Number of poolings (levels - 1) of a preset."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return len(PRESETS[preset].kwargs["widths"]) - 1
+
+
+def _truncate_depth(kwargs: dict[str, Any], depth: int, preset: str) -> dict[str, Any]:
+    """The preset's arguments for its ``depth + 1`` shallowest levels: encoder lists keep their
+    first entries, decoder lists (deepest first) their last ones, dropout only on kept levels."""
+    full = len(kwargs["widths"]) - 1
+    if not 1 <= depth <= full:
+        raise ValueError(f"depth of preset {preset!r} must be 1..{full} (its poolings), got {depth}")
+    out = dict(kwargs)
+    for key in ("widths", "inner_widths", "convs_per_block"):
+        if isinstance(out.get(key), (tuple, list)):
+            out[key] = tuple(out[key][: depth + 1])
+    for key in ("decoder_widths", "up_widths", "decoder_convs"):
+        if isinstance(out.get(key), (tuple, list)):
+            out[key] = tuple(out[key][-depth:])
+    if out.get("dropout_levels") is not None:
+        out["dropout_levels"] = tuple(level for level in out["dropout_levels"] if level <= depth)
+    return out
+
+
+def create_unet(
+    preset: str, *, in_channels: int = 1, out_channels: int = 2, depth: int | None = None, **overrides: Any
+) -> UNet:
     """Build a preset, e.g. ``create_unet("paper", base_width=8)``.
 
     ``base_width`` scales all widths of the preset by ``base_width / preset.base_width`` (the
-    architecture is unchanged); any other :class:`UNet` argument may be overridden too.
+    architecture is unchanged). ``depth`` (poolings; default the preset's) keeps the preset's
+    ``depth + 1`` shallowest levels, as nnU-Net sizes its depth to the patch: a plan for a CPU
+    uses it when the preset's deepest level makes even its smallest training step too slow.
+    Any other :class:`UNet` argument may be overridden too.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
-    allowed = ["base_width", *_unet_arguments()]
+    allowed = ["base_width", "depth", *_unet_arguments()]
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ValueError(f"unknown override(s) {unknown} for preset {preset!r}; valid keys: {allowed}")
     kwargs = dict(spec.kwargs)
+    if depth is not None:
+        kwargs = _truncate_depth(kwargs, int(depth), preset)
     base_width = overrides.pop("base_width", None)
     if base_width is not None and int(base_width) != spec.base_width:
         base_width = int(base_width)

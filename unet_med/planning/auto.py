@@ -73,9 +73,10 @@ def plan_for_training(
         write_plan(plan, path)
         log.info(
             "planned from the data (%s, %s scans): normalization %s, spacing %s mm, patch %s x %d, "
-            "base width %d, %d iterations per epoch -> %s (explicit --ids still win)",
+            "base width %d, %d poolings, %d iterations per epoch -> %s (explicit --ids still win)",
             fingerprint["modality"], len(fingerprint["scans"]), plan["normalization"], plan["spacing"],
-            plan["patch_size"], plan["batch_size"], plan["base_width"], plan["iterations_per_epoch"], path,
+            plan["patch_size"], plan["batch_size"], plan["base_width"], plan["depth"],
+            plan["iterations_per_epoch"], path,
         )  # fmt: skip
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -73,6 +73,7 @@ PLAN_IDS = (
     "resample_order_image",
     "resample_order_label",
     "base_width",
+    "depth",
     "patch_size",
     "batch_size",
     "pos",
@@ -107,6 +108,8 @@ CPU_BASE_WIDTH = {2: 16, 3: 8}
 # On a CPU time, not memory, is the limit: the patch also shrinks until one step is estimated to
 # take at most this long, so a 15-minute training makes hundreds of updates.
 CPU_STEP_TARGET_S = 3.0
+# A CPU plan keeps at least this many poolings when it makes a network shallower than its preset.
+MIN_CPU_DEPTH = 2
 # Step-time estimates on a CPU use this nominal convolution throughput instead of timing the
 # machine, so the same data always gives the same plan (a 2-core machine measures 2-8 GFLOP/s at
 # the CPU widths depending on load, and real steps ran 3-6x faster than this nominal estimate;
@@ -352,6 +355,7 @@ def make_plan(
     device: str = "cpu",
     memory_budget_mb: float | None = None,
     base_width: int | None = None,
+    depth: int | None = None,
     plan_path: str | Path = "PLAN.json",
     throughput_flops: float | None = None,
 ) -> dict[str, Any]:
@@ -368,6 +372,8 @@ def make_plan(
             the GPU's memory on a visible GPU, else 8192.
         base_width: plan for this network width instead of the bundle's (then also written to
             the plan as ``base_width``).
+        depth: plan for this many poolings instead of the preset's (or, on a CPU, of the
+            deepest network whose smallest training step fits :data:`CPU_STEP_TARGET_S`).
         plan_path: the plan file's path as the printed training command should name it.
         throughput_flops: FLOP/s of the device for the step-time estimate; default: timed with
             :func:`~unet_med.planning.training_cost.device_throughput` (None when planning for
@@ -376,7 +382,7 @@ def make_plan(
     Raises:
         PlanError: a bundle that does not fit the data, or data without what the plan needs.
     """
-    from unet_med.networks import create_unet
+    from unet_med.networks import context_margin, create_unet, preset_depth
     from unet_med.planning.training_cost import training_cost
 
     dims = int(fingerprint["spatial_dims"])
@@ -441,12 +447,17 @@ def make_plan(
     else:
         width, width_source = int(settings["base_width"]), f"the {settings['preset']} preset's width"
     channels = int(fingerprint["channels"])
-    network = create_unet(
-        settings["preset"], in_channels=channels, out_channels=classes, base_width=width
-    )
-    spec = network.spec
-    period = 2**spec.poolings
-    cost = training_cost(network, _input_size((max(period, 8),) * dims, spec), in_channels=channels)
+    full_depth = preset_depth(settings["preset"])
+
+    def sized(depth: int) -> tuple[Any, Any, float]:
+        """The network of ``depth`` poolings, its training cost and its smallest step's FLOPs."""
+        net = create_unet(
+            settings["preset"], in_channels=channels, out_channels=classes, base_width=width, depth=depth
+        )
+        spec = net.spec
+        cost = training_cost(net, _input_size((max(2**spec.poolings, 8),) * dims, spec), in_channels=channels)
+        return spec, cost, cost.step_flops(_input_size((1,) * dims, spec), 1)
+
     if memory_budget_mb is None:
         memory_budget_mb, budget_source = _default_budget_mb(device)
     else:
@@ -464,7 +475,29 @@ def make_plan(
         if _device_kind(device) == "cpu" and throughput is not None
         else math.inf
     )
-    smallest_step = cost.step_flops(_input_size((1,) * dims, spec), 1)
+    if depth is not None:
+        net_depth, depth_source = int(depth), "given"
+        spec, cost, smallest_step = sized(net_depth)
+    else:
+        net_depth, depth_source = full_depth, f"the {settings['preset']} preset's {full_depth} poolings"
+        spec, cost, smallest_step = sized(net_depth)
+        # A valid network's context grows with its depth (88 voxels per axis for the 3D U-Net's
+        # three poolings, 40 for two): on a CPU even the smallest output of the deepest network
+        # can cost many seconds per step, nearly all of it context. nnU-Net sizes the depth to
+        # the patch; here the plan keeps the deepest network whose smallest step fits the target.
+        shallower = range(full_depth - 1, MIN_CPU_DEPTH - 1, -1) if smallest_step > max_step_flops else ()
+        for candidate in shallower:
+            c_spec, c_cost, c_smallest = sized(candidate)
+            if c_smallest <= max_step_flops:
+                depth_source = (
+                    f"{candidate} poolings instead of the {settings['preset']} preset's {full_depth}: with "
+                    f"{full_depth}, even the smallest legal output patch costs an estimated "
+                    f"{STEP_OVERHEAD * smallest_step / throughput:.1f} s per step on {device} (target "
+                    f"{CPU_STEP_TARGET_S:g} s), nearly all of it the valid network's context; {candidate} "
+                    f"poolings keep a context of {2 * context_margin(c_spec)[0]} voxels per axis"
+                )
+                net_depth, spec, cost, smallest_step = candidate, c_spec, c_cost, c_smallest
+                break
     if smallest_step > max_step_flops:
         # a deep valid network (3D) costs seconds per step even for its smallest output on a CPU:
         # then allow twice that, which buys far more output voxels (the context dominates the cost)
@@ -494,7 +527,7 @@ def make_plan(
         + ("" if patch == _fit_patch(median_shape, spec, cost, math.inf, batch)[0] else
            ", shrunk along the axis largest relative to that shape until the step fits the memory budget "
            f"and, on a CPU, about {CPU_STEP_TARGET_S:g} s per step")
-        + f"; {settings['preset']} preset, base width {width}"
+        + f"; {settings['preset']} preset, base width {width}, {net_depth} poolings"
     )  # fmt: skip
     comments["batch_size"] = (
         f"{batch} patch(es) per step: training needs about {memory_mb:.0f} MiB of the "
@@ -508,6 +541,8 @@ def make_plan(
             patch, memory_mb, memory_budget_mb,
         )  # fmt: skip
     plan["base_width"] = width
+    plan["depth"] = net_depth
+    comments["depth"] = f"network poolings ({depth_source})"
     comments["base_width"] = f"network base width the patch and batch were sized for ({width_source})"
 
     plan["pos"], plan["neg"] = 1, 2
