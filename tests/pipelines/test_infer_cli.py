@@ -148,6 +148,7 @@ def test_help_documents_exit_codes(capsys):
         main(["infer", "--help"])
     text = capsys.readouterr().out
     assert "exit codes" in text and "1  at least one scan failed" in text
+    assert "--select RULE" in text and "series_selection.json" in text and "SliceThickness<=5" in text
 
 
 def test_usage_errors_exit_2(infer_bundle, infer_scans, tmp_path, capsys):
