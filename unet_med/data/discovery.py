@@ -165,7 +165,8 @@ class ScanDiscovery:
     skipped: list[SkippedFile] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: scans as :meth:`Scan.as_dict`, skipped files as ``{"path", "reason"}``."""
+        """JSON-ready: scans as :meth:`Scan.as_dict`, skipped files as ``{"path", "reason", "scan_id",
+        "kind"}`` (``kind`` as in the report: nifti, dicom, image, skipped-object, other)."""
         return {
             "scans": [s.as_dict() for s in self.scans],
             "skipped": [
