@@ -109,6 +109,10 @@ def test_selection_files_and_the_bundles_defaults(tmp_path):
         assert rules.decide({**CT_AXIAL, "SeriesDescription": "Abdomen"}) == "selected"
         assert "orientation!=mixed" in rules.decide(localizer)
         assert "SeriesDescription" in rules.decide({**CT_AXIAL, "SeriesDescription": "Scout"})
+        us = {**CT_AXIAL, "SeriesDescription": "Abdomen", "PhotometricInterpretation": "RGB"}
+        colour = rules.decide(us)
+        assert colour.endswith("(found RGB)")
+        assert rules.decide({"kind": "nifti", "slices": 20, "orientation": "axial"}) == "selected"
     short = {**localizer, "orientation": "axial"}
     assert "slices>=8 (found 3)" in bundle_selection(BUNDLES / "unet3d").decide(short)
     assert bundle_selection(tmp_path) is None
