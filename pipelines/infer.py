@@ -34,7 +34,24 @@ outputs (in OUT_DIR):
   <scan_id>_qc.png       a few slices with the predicted outlines
   <scan_id>_seg.dcm      DICOM SEG referencing the source series (--dicom-seg, DICOM inputs only)
   report.csv             scan_id, source, status (ok|failed|skipped), error, seconds,
-                         voxels_<label>, volume_ml_<label> (report.part-K-of-N.csv with --num-parts)
+                         kind (nifti|dicom|image|skipped-object), study_id, selection, warning,
+                         voxels_<label>, volume_ml_<label> (report.part-K-of-N.csv with --num-parts);
+                         one row per file or series found, each with its own scan_id
+
+series selection (--select RULE, repeatable; all rules must hold):
+  NAME OP VALUE          e.g. --select "Modality==CT" --select "slices>=20" --select "SliceThickness<=5"
+                         --select "orientation==axial" --select "SeriesDescription~/(?i)axial/"
+  NAME                   slices, orientation (axial|coronal|sagittal|oblique|mixed), slice_spacing,
+                         pixel_spacing (mm), kind (nifti|dicom|image), or a DICOM attribute: Modality,
+                         BodyPartExamined, SeriesDescription, ProtocolName, ImageType, SliceThickness,
+                         SpacingBetweenSlices, SeriesNumber, Manufacturer, ConvolutionKernel, ...
+  OP                     == != (text, case-insensitive; A,B = either; ImageType==X: X is one of its
+                         values), < <= > >= (numbers), ~ !~ (regular expression, /.../ optional)
+  default                the bundle's configs/series_selection.json; --select replaces it,
+                         --no-select turns it off. A value a scan lacks (a NIfTI file has no
+                         Modality) satisfies only != and !~. Not selected: status skipped,
+                         selection "not selected: <rule> (found ...)". `unet-med scans --select`
+                         shows the decisions without segmenting.
 
 checkpoints and ensembles:
   --checkpoint FILE      one network (default BUNDLE/models/model.pt); the network.json and plan.json
@@ -51,13 +68,49 @@ exit codes:
   1  at least one scan failed; its report row says why, every other scan was still segmented
   2  usage error: no scans found, bundle or inference.json missing, checkpoint missing or not a
      checkpoint, ensemble members that do not match (plans, shape arithmetic, channels),
-     bad --part-id/--num-parts
+     bad --part-id/--num-parts, a --select rule (or series_selection.json) that does not parse
 """
 
 
 class UsageError(Exception):
     """A problem with the command line (exit code 2); the library's BundleError and ManifestError
     exit with 2 as well."""
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--select RULE`` (repeatable) and ``--no-select``: shared by ``infer`` and ``scans``."""
+    parser.add_argument(
+        "--select",
+        action="append",
+        default=None,
+        metavar="RULE",
+        help='series selection rule NAME OP VALUE, e.g. "Modality==CT", "slices>=20" (repeatable, all must '
+        "hold; replaces the bundle's configs/series_selection.json)",
+    )
+    parser.add_argument(
+        "--no-select", action="store_true", help="ignore the bundle's configs/series_selection.json"
+    )
+
+
+def selection_from_args(args: argparse.Namespace, bundle: Path | None):
+    """The rules in effect: ``--select`` rules, else none with ``--no-select``, else the bundle's
+    ``configs/series_selection.json`` (None when it has none).
+
+    Raises:
+        UsageError: a rule that does not parse (naming its position) or both options given.
+    """
+    from unet_med.dicom.selection import SelectionRuleError, bundle_selection, parse_rules
+
+    if args.select and args.no_select:
+        raise UsageError("--select and --no-select exclude each other")
+    try:
+        if args.select:
+            return parse_rules(args.select)
+        if args.no_select or bundle is None or not bundle.is_dir():
+            return None
+        return bundle_selection(bundle)
+    except SelectionRuleError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,6 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ID=JSON",
         help="override a config id, e.g. --set base_width=8 --set inferer#memory_budget_mb=4096 (repeatable)",
     )
+    add_selection_arguments(parser)
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: mean over flipped inputs")
     parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG for DICOM inputs")
     parser.add_argument("--no-qc", action="store_true", help="do not write QC pictures")
@@ -191,7 +245,8 @@ def _run(args: argparse.Namespace) -> int:
     from unet_med.inference import BatchSegmenter
     from unet_med.inference.report import discovery_rows
 
-    discovery = discover_scans(args.input)
+    selection = selection_from_args(args, args.bundle)
+    discovery = discover_scans(args.input, selection)
     if not discovery.scans and not discovery_rows(discovery.skipped):
         skipped = f" ({len(discovery.skipped)} files skipped, e.g. {discovery.skipped[0].path}: " \
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
@@ -206,6 +261,10 @@ def _run(args: argparse.Namespace) -> int:
     if bundle.plan_file is not None:
         ids = ", ".join(sorted(bundle.plan or {})) or "none of its ids is in inference.json"
         print(f"plan applied: {bundle.plan_file} ({ids})")
+    if selection is not None:
+        chosen = sum(1 for s in discovery.skipped if s.kind.value == "not_selected")
+        print(f"series selection ({selection.origin}): {selection.describe()}; "
+              f"{len(discovery.scans)} selected, {chosen} not selected")
     tracking = _plan_tracking(args, bundle.checkpoints[0]) if args.track else None
     result = segmenter.segment_folder(
         args.input, args.output, num_parts=args.num_parts, part_id=args.part_id,

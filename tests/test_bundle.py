@@ -47,6 +47,7 @@ def test_known_override_ids_pass_whichever_config_file_holds_them(tmp_path):
     ids = bundle_config_ids(CONFIGS / "training.json")
     assert {"epochs", "checkpoint_file", "test_split", "backend", "finalize", "train"} <= ids
     assert "train#sampler" not in ids and "_meta_" not in ids
+    assert "rules" not in ids  # series_selection.json (unet-med infer's rules) holds no config ids
     check_override_ids(["epochs", "train::dataloader", "_anything"], ids, "here")
     with pytest.raises(ValueError, match=r"\['lr_rate', 'trian#dataset'\]"):
         check_override_ids(["lr_rate", "trian#dataset", "lr"], ids, "here")

@@ -62,12 +62,14 @@ def _top_level_id(config_id: str) -> str:
 def bundle_config_ids(config_files: str | os.PathLike | Sequence[str | os.PathLike]) -> set[str]:
     """Top-level ids of the given config files and of every config file beside the first one (the
     bundle's ``configs/`` folder: training, evaluation, inference and multi-GPU ids alike),
-    ``metadata.json`` excepted. Only the bundle's folder is scanned: an override file merged
-    from elsewhere (a plan file in a data folder) contributes its own ids, not its neighbours'."""
+    ``metadata.json`` and ``series_selection.json`` excepted. Only the bundle's folder is
+    scanned: an override file merged from elsewhere (a plan file in a data folder) contributes its
+    own ids, not its neighbours'."""
     files = [Path(f) for f in ensure_tuple(config_files)]
     if files:
         files += [p for p in sorted(files[0].parent.iterdir()) if p.suffix in _CONFIG_SUFFIXES]
-    files = [f for f in files if f.name != "metadata.json"]
+    # metadata and the series selection rules of `unet-med infer` hold no config ids
+    files = [f for f in files if f.name not in ("metadata.json", "series_selection.json")]
     ids: set[str] = set()
     for path in dict.fromkeys(files):
         ids |= {_top_level_id(k) for k in ConfigParser.load_config_file(path)}

@@ -107,3 +107,72 @@ def test_every_skipped_file_has_a_skip_kind(tmp_path, random_volume, oblique_aff
         "bad.png": SkipKind.UNREADABLE_IMAGE,
         "gap": SkipKind.BROKEN_SERIES,
     }
+
+
+def _rtstruct_without_preamble(path: Path, study_uid: str) -> None:
+    """An RT Structure Set written as a bare dataset: no 128-byte preamble, no 'DICM', no file meta
+    (as some planning systems and archives write them)."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "RTSTRUCT"
+    ds.PatientName = "Doe^Jane"
+    ds.StructureSetLabel = "organs"
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+
+
+def test_every_rejected_series_and_file_has_its_own_id_and_kind(tmp_path, random_volume, oblique_affine):
+    study = generate_uid()
+    write_dicom_series(random_volume(seed=1), oblique_affine, tmp_path / "MR2", study_uid=study)
+    for seed in (2, 3):  # two broken series in one folder: each gets its own id, not the folder's
+        names = [f"s{seed}_{k}.dcm" for k in range(9)]
+        paths = write_dicom_series(
+            random_volume(seed=seed), oblique_affine, tmp_path / "MR2", file_names=names, study_uid=study
+        )
+        paths[4].unlink()
+    _rtstruct_without_preamble(tmp_path / "MR2" / "rtstruct.dcm", study)
+    save_nifti(random_volume(), np.eye(4), tmp_path / "rtstruct.nii.gz")  # a scan with the same stem
+    (tmp_path / "rtstruct.txt").write_text("notes")  # no scan: must not take an id a row needs
+    found = discover_scans(tmp_path)
+    ids = [s.scan_id for s in found.scans] + [s.scan_id for s in found.skipped]
+    assert len(ids) == len(set(ids))
+    broken = [s for s in found.skipped if s.kind == SkipKind.BROKEN_SERIES]
+    assert len(broken) == 2 and all(s.path == "MR2" and s.scan_id.startswith("MR2_") for s in broken)
+    assert all(s.scan_id in s.reason for s in broken)  # the row's id is the one its error names
+    (rt,) = [s for s in found.skipped if s.path == "MR2/rtstruct.dcm"]
+    assert rt.kind == SkipKind.NON_IMAGE_OBJECT and rt.input_kind == "skipped-object"
+    assert "not an image series" in rt.reason and "RT Structure Set" in rt.reason
+    kinds = sorted((s.kind, s.scan_id[:4]) for s in found.scans)
+    assert kinds == [("dicom", "MR2_"), ("nifti", "rtst")]
+    assert rt.scan_id == "MR2_rtstruct" and "rtstruct" in [s.scan_id for s in found.scans]
+    # one study: the same study_id (a hash, not the UID) on the series and the structure set
+    dicom = next(s for s in found.scans if s.kind == "dicom")
+    assert dicom.study_id.startswith("study_") and study not in dicom.study_id
+    assert {s.study_id for s in broken} == {dicom.study_id}
+    text = json.dumps(found.as_dict())
+    assert "Doe" not in text and study not in text
+
+
+def test_selection_sets_scans_aside_with_the_failing_rule(tmp_path, random_volume, oblique_affine):
+    from unet_med.dicom.selection import parse_rules
+
+    write_dicom_series(random_volume(seed=1), oblique_affine, tmp_path / "ct", series_description="Abdomen")
+    write_dicom_series(random_volume((20, 16, 3), 2), oblique_affine, tmp_path / "short")
+    write_dicom_series(random_volume(seed=3), oblique_affine, tmp_path / "mr", modality="MR")
+    paths = write_dicom_series(random_volume(seed=4), oblique_affine, tmp_path / "scout",
+                               series_description="SCOUT")  # fmt: skip
+    paths[4].unlink()  # broken, but a header rule rejects it first: not selected, not failed
+    save_nifti(random_volume(), oblique_affine, tmp_path / "vol.nii.gz")
+    rules = parse_rules(["Modality!=MR", "SeriesDescription!~/(?i)scout/", "slices>=8", "orientation==axial"])
+    found = discover_scans(tmp_path, rules)
+    assert sorted(s.source for s in found.scans) == ["ct", "vol.nii.gz"]
+    assert all(s.selection == "selected" for s in found.scans)
+    decisions = {s.path: s.reason for s in found.skipped}
+    assert decisions == {
+        "short": "not selected: slices>=8 (found 3)",
+        "mr": "not selected: Modality!=MR (found MR)",
+        "scout": "not selected: SeriesDescription!~/(?i)scout/",
+    }
+    assert all(s.kind == SkipKind.NOT_SELECTED for s in found.skipped)

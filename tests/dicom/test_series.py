@@ -53,3 +53,47 @@ def test_broken_series_are_skipped_with_reason_and_fail_to_load(tmp_path, random
     assert "mixed image sizes" in reasons["sizes"]
     with pytest.raises(ScanLoadError, match=r"gap.*missing slice"):
         load_image(tmp_path / "gap")
+
+
+def _shift(path, offset) -> None:
+    ds = pydicom.dcmread(path)
+    ds.ImagePositionPatient = [f"{float(v) + d:.6f}" for v, d in zip(ds.ImagePositionPatient, offset)]
+    ds.save_as(path)
+
+
+def test_duplicates_gantry_tilt_and_missing_slices_each_get_their_decision(
+    tmp_path, random_volume, oblique_affine
+):
+    vol = random_volume(seed=3)
+    # the same image stored twice (same SOPInstanceUID): one image, accepted with a warning
+    paths = write_dicom_series(vol, oblique_affine, tmp_path / "copied")
+    (tmp_path / "copied" / "zz_copy.dcm").write_bytes(paths[4].read_bytes())
+    # two different images at one position: several acquisitions in one series, rejected
+    paths = write_dicom_series(vol, oblique_affine, tmp_path / "twice")
+    ds = pydicom.dcmread(paths[4])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "twice" / "echo2.dcm")
+    # gantry tilt: every slice shifted sideways (along the rows) by tan(15 deg) x 2.5 mm more
+    paths = write_dicom_series(vol, oblique_affine, tmp_path / "tilted")
+    ds = pydicom.dcmread(paths[0])
+    row = np.asarray(ds.ImageOrientationPatient[:3], dtype=float)
+    normal = np.cross(row, np.asarray(ds.ImageOrientationPatient[3:], dtype=float))
+    for k, p in enumerate(paths):
+        _shift(p, k * 2.5 * np.tan(np.radians(15)) * row)
+    # a gap of 1.6x the spacing (not a whole number of slices) is still a missing slice
+    paths = write_dicom_series(vol, oblique_affine, tmp_path / "gap")
+    for p in paths[5:]:
+        _shift(p, 1.5 * normal)
+    found = discover_scans(tmp_path)
+    (scan,) = found.scans
+    assert scan.source == "copied" and len(scan.files) == 9
+    assert "1 duplicate file(s) of the same image" in scan.warning and "zz_copy.dcm" in scan.warning
+    assert np.array_equal(load_scan(scan, dtype=None)[0].numpy(), vol)
+    assert np.array_equal(load_image(tmp_path / "copied")[0].numpy(), vol)
+    reasons = {s.path: s.reason for s in found.skipped}
+    assert "two different images at the same position" in reasons["twice"]
+    assert "several acquisitions" in reasons["twice"]
+    assert "gantry tilt of 15.0 degrees" in reasons["tilted"]
+    assert "missing slice(s): gap of 4.000 mm" in reasons["gap"] and "2.500 mm" in reasons["gap"]
+    with pytest.raises(ScanLoadError, match="gantry tilt"):
+        load_image(tmp_path / "tilted")

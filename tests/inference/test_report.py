@@ -47,6 +47,10 @@ def test_report_columns_and_merge_of_part_reports(tmp_path):
         "status",
         "error",
         "seconds",
+        "kind",
+        "study_id",
+        "selection",
+        "warning",
         "voxels_liver",
         "voxels_liver_tumour",
         "volume_ml_liver",
@@ -105,3 +109,28 @@ def test_set_aside_files_are_reported_by_kind_not_by_message():
     }  # fmt: skip
     assert {r["scan_id"] for r in rows} == {"study_seg", "gap", "cut", "old"}
     assert all(r["error"] for r in rows)  # the message is kept for humans
+
+
+def test_discovery_rows_keep_discoverys_ids_kinds_and_selection_decisions():
+    from unet_med.data.discovery import Scan
+
+    decision = "not selected: slices>=8 (found 3)"
+    scan = Scan("ct_1a2b3c4d", "dicom", "ct", [], study_id="study_0f", selection=decision)
+    broken = SkipKind.BROKEN_SERIES
+    rows = discovery_rows(
+        [
+            SkippedFile("MR2", "missing slice(s) ...", broken, "MR2_aaaa0001", "dicom", "study_0f"),
+            SkippedFile("MR2", "missing slice(s) ...", broken, "MR2_aaaa0002", "dicom", "study_0f"),
+            SkippedFile("rt.dcm", "non-image object", SkipKind.NON_IMAGE_OBJECT, "rt", "skipped-object"),
+            SkippedFile("ct", scan.selection, SkipKind.NOT_SELECTED, scan.scan_id, "dicom", "study_0f",
+                        scan.selection, scan),  # fmt: skip
+            SkippedFile("notes.txt", "not a DICOM file", SkipKind.NOT_DICOM, "notes", "other"),
+        ]
+    )
+    by_id = {r["scan_id"]: r for r in rows}
+    assert list(by_id) == ["MR2_aaaa0001", "MR2_aaaa0002", "rt", "ct_1a2b3c4d"]  # no row for notes.txt
+    assert by_id["MR2_aaaa0001"]["status"] == "failed" and by_id["MR2_aaaa0001"]["kind"] == "dicom"
+    assert by_id["rt"]["status"] == "skipped" and by_id["rt"]["kind"] == "skipped-object"
+    chosen = by_id["ct_1a2b3c4d"]
+    assert chosen["status"] == "skipped" and chosen["error"] == ""
+    assert chosen["selection"] == "not selected: slices>=8 (found 3)" and chosen["study_id"] == "study_0f"

@@ -5,6 +5,7 @@ reference Dice, --help and exit codes, the checkpoint's plan, ensembles of check
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -45,6 +46,10 @@ def test_outputs_keep_each_scans_geometry_and_report_volumes(infer_bundle, infer
         "status",
         "error",
         "seconds",
+        "kind",
+        "study_id",
+        "selection",
+        "warning",
         "voxels_organ",
         "voxels_lesion",
         "volume_ml_organ",
@@ -143,6 +148,7 @@ def test_help_documents_exit_codes(capsys):
         main(["infer", "--help"])
     text = capsys.readouterr().out
     assert "exit codes" in text and "1  at least one scan failed" in text
+    assert "--select RULE" in text and "series_selection.json" in text and "SliceThickness<=5" in text
 
 
 def test_usage_errors_exit_2(infer_bundle, infer_scans, tmp_path, capsys):
@@ -319,3 +325,38 @@ def test_track_links_an_ensemble_to_its_first_members_training(infer_bundle, inf
     assert run.data.params["infer.ensemble_size"] == "2"
     assert json.loads(run.data.params["infer.ensemble_checkpoints"]) == [str(a.resolve()), str(b.resolve())]
     assert json.loads(run.data.params["infer.ensemble_training_runs"]) == training_ids
+
+
+def test_select_rules_decide_every_series_and_the_report_says_why(
+    infer_bundle, infer_scans, tmp_path, capsys
+):
+    from pydicom.dataset import Dataset
+
+    scans = tmp_path / "scans"
+    shutil.copytree(infer_scans, scans)
+    rt = Dataset()  # an RT Structure Set written without the DICOM preamble
+    rt.SOPClassUID, rt.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.481.3", pydicom.uid.generate_uid()
+    rt.Modality, rt.SeriesInstanceUID = "RTSTRUCT", pydicom.uid.generate_uid()
+    rt.save_as(scans / "series1" / "rtstruct.dcm", implicit_vr=True, little_endian=True)
+    out = tmp_path / "out"
+    rules = ["--select", "slices>=8", "--select", "Modality==CT"]
+    assert _infer(infer_bundle, scans, out, "--no-qc", *rules) == 0
+    assert "series selection (--select): slices>=8; Modality==CT; 1 selected, 2 not selected" in (
+        capsys.readouterr().out
+    )
+    report = _report(out).fillna("").set_index("source")
+    assert report.loc["series1", "status"] == "ok" and report.loc["series1", "selection"] == "selected"
+    assert report.loc["series1", "kind"] == "dicom" and report.loc["series1", "study_id"].startswith("study_")
+    assert report.loc["ct_a.nii.gz", "status"] == "skipped"
+    assert report.loc["ct_a.nii.gz", "selection"] == (
+        "not selected: Modality==CT (Modality: a NIfTI file or image has no DICOM header)"
+    )
+    assert report.loc["sub/ct_b.nii.gz", "selection"] == "not selected: slices>=8 (found 7)"
+    assert report.loc["series1/rtstruct.dcm", "kind"] == "skipped-object"
+    assert "not an image series (RT Structure Set" in report.loc["series1/rtstruct.dcm", "error"]
+    assert report["scan_id"].is_unique and sorted(p.name for p in out.glob("*_seg.nii.gz")) == [
+        f"{output_stem(report.loc['series1', 'scan_id'])}_seg.nii.gz"
+    ]
+    assert _infer(infer_bundle, scans, tmp_path / "o2", "--select", "SeriesDescription~/(unclosed/") == 2
+    err = capsys.readouterr().err
+    assert "--select rule 1 'SeriesDescription~/(unclosed/'" in err and "at character 20" in err  # the "("

@@ -3,6 +3,8 @@
 - :mod:`unet_med.dicom.series`: slice headers (no patient tags), grouping by SeriesInstanceUID,
   ordering along the slice normal, consistency checks, why a file is not an image slice.
 - :mod:`unet_med.dicom.reading`: a checked series -> array and RAS affine (SimpleITK).
+- :mod:`unet_med.dicom.selection`: series selection rules (``slices>=20``, ``Modality==CT``) and
+  the decision per scan.
 - :mod:`unet_med.dicom.seg`: DICOM SEG objects for predicted label maps (highdicom).
 - :mod:`unet_med.dicom.synthetic`: a volume written as a synthetic CT/MR series (demo, tests).
 

@@ -21,6 +21,9 @@ import numpy as np
 
 __all__ = [
     "NON_IMAGE_MODALITIES",
+    "drop_duplicate_instances",
+    "non_image_sop_class",
+    "series_properties",
     "DicomSeriesError",
     "NotAnImageFile",
     "NotAnImageKind",
@@ -36,8 +39,31 @@ __all__ = [
 # Series that hold no image volume: segmentations, structure sets, reports, presentation states...
 NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "SR", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG"})
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# SOP Classes that hold no image volume, by exact UID or by UID prefix (families of classes).
+_NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66": "Raw Data",
+    "1.2.840.10008.5.1.4.1.1.66.1": "Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.5": "Surface Segmentation",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set",
+    "1.2.840.10008.5.1.4.1.1.481.4": "RT Beams Treatment Record",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan",
+    "1.2.840.10008.5.1.4.1.1.481.8": "RT Ion Plan",
+}
+_NON_IMAGE_SOP_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.88.": "Structured Report",
+    "1.2.840.10008.5.1.4.1.1.11.": "Presentation State",
+    "1.2.840.10008.5.1.4.1.1.9.": "Waveform",
+    "1.2.840.10008.5.1.4.1.1.104.": "Encapsulated Document",
+}
 # Relative tolerance on slice spacing before a series counts as irregular.
 SPACING_TOLERANCE = 0.01
+# A gap between neighbouring slices above this multiple of the median spacing is a missing slice.
+MISSING_SLICE_GAP = 1.5
+# Slice positions drifting sideways by more than this many pixels over a series: gantry tilt.
+GANTRY_TILT_PIXELS = 0.5
 
 
 class DicomSeriesError(ValueError):
@@ -57,6 +83,10 @@ class SliceHeader:
         orientation: ImageOrientationPatient (row cosine, column cosine), or None.
         pixel_spacing: (row spacing, column spacing) in mm, or None.
         frames: NumberOfFrames (1 for classic single-frame files).
+        sop_instance_uid: SOPInstanceUID (two files with the same one are one image twice).
+        study_uid: StudyInstanceUID (grouping in reports; reports show a hash of it).
+        attributes: the values of :data:`unet_med.dicom.selection.DICOM_ATTRIBUTES` present in
+            the file (what selection rules read; no patient tags): numbers, texts or tuples.
     """
 
     path: Path
@@ -68,6 +98,9 @@ class SliceHeader:
     orientation: tuple[float, ...] | None
     pixel_spacing: tuple[float, float] | None
     frames: int = 1
+    sop_instance_uid: str = ""
+    study_uid: str = ""
+    attributes: dict = field(default_factory=dict, compare=False)
 
     @property
     def normal(self) -> np.ndarray | None:
@@ -97,12 +130,57 @@ class NotAnImageFile(ValueError):
         self.kind = kind
 
 
+def non_image_sop_class(sop_class: str) -> str | None:
+    """The name of a SOP Class that holds no image volume (SEG, RTSTRUCT, RTDOSE, RTPLAN, SR,
+    presentation states, waveforms, encapsulated documents, registrations), else None."""
+    if sop_class in _NON_IMAGE_SOP_CLASSES:
+        return _NON_IMAGE_SOP_CLASSES[sop_class]
+    families = _NON_IMAGE_SOP_PREFIXES.items()
+    return next((name for prefix, name in families if sop_class.startswith(prefix)), None)
+
+
+def _starts_like_a_dataset(path: Path) -> bool:
+    """Whether a file without the 'DICM' preamble begins with a DICOM element of group 0002 or
+    0008 (little or big endian): how DICOM readers (DCMTK, GDCM) recognise a dataset written
+    without the 128-byte preamble. Checked before pydicom's ``force=True``, which would otherwise
+    "parse" any text or binary file into nonsense elements."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    if len(head) < 4:
+        return False
+    return int.from_bytes(head[:2], "little") in (2, 8) or int.from_bytes(head[:2], "big") in (2, 8)
+
+
+def _selection_attributes(ds) -> dict:
+    from unet_med.dicom.selection import DICOM_ATTRIBUTES
+
+    found: dict = {}
+    for keyword, kind in DICOM_ATTRIBUTES.items():
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        many = list(value) if not isinstance(value, (str, bytes)) and hasattr(value, "__len__") else [value]
+        try:
+            items = tuple(float(v) if kind == "number" else str(v).strip() for v in many)
+        except (TypeError, ValueError):
+            continue
+        found[keyword] = items if len(items) > 1 else items[0] if items else None
+    return found
+
+
 def read_slice_header(path: str | Path) -> SliceHeader:
     """Read the geometry tags of one DICOM file.
 
+    A file without the 128-byte preamble and 'DICM' marker (written by some RT planning systems
+    and old archives) is read with pydicom's ``force=True`` when it starts like a dataset, and is
+    classified by its SOP Class like any other.
+
     Raises:
         NotAnImageFile: with the reason why the file is not an image slice (no DICOM preamble,
-            DICOMDIR, non-image modality such as SEG/RTSTRUCT/SR, no pixel data).
+            DICOMDIR, non-image SOP Class or modality such as SEG/RTSTRUCT/SR, no pixel data).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -112,19 +190,31 @@ def read_slice_header(path: str | Path) -> SliceHeader:
         raise NotAnImageFile(NotAnImageKind.DICOMDIR, "DICOMDIR index file, not an image")
     try:
         # defer_size keeps PixelData unread; its presence is still visible.
-        ds = pydicom.dcmread(path, defer_size=256)
+        try:
+            ds = pydicom.dcmread(path, defer_size=256)
+        except InvalidDicomError:
+            if not _starts_like_a_dataset(path):
+                raise
+            ds = pydicom.dcmread(path, defer_size=256, force=True)
+            if "SOPClassUID" not in ds and "Modality" not in ds:
+                raise InvalidDicomError("no SOP Class") from None
     except InvalidDicomError:
         raise NotAnImageFile(NotAnImageKind.NOT_DICOM, "not a DICOM file (no 'DICM' preamble)") from None
     except Exception as exc:  # truncated or corrupt headers raise many different errors
         raise NotAnImageFile(
             NotAnImageKind.UNREADABLE_HEADER, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
         ) from None
-    sop_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    file_meta = getattr(ds, "file_meta", None)
+    sop_class = str(getattr(file_meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
     if sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise NotAnImageFile(NotAnImageKind.DICOMDIR, "DICOMDIR index file, not an image")
     modality = str(ds.get("Modality", "")).upper()
-    if modality in NON_IMAGE_MODALITIES:
-        raise NotAnImageFile(NotAnImageKind.NON_IMAGE_OBJECT, f"non-image DICOM object (Modality {modality})")
+    sop_name = non_image_sop_class(sop_class)
+    if modality in NON_IMAGE_MODALITIES or sop_name is not None:
+        what = ", ".join(x for x in (sop_name, f"Modality {modality}" if modality else "") if x)
+        raise NotAnImageFile(
+            NotAnImageKind.NON_IMAGE_OBJECT, f"non-image DICOM object, not an image series ({what})"
+        )
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise NotAnImageFile(
             NotAnImageKind.NO_PIXEL_DATA, f"DICOM file without pixel data (Modality {modality or 'unknown'})"
@@ -149,6 +239,9 @@ def read_slice_header(path: str | Path) -> SliceHeader:
         orientation=floats("ImageOrientationPatient"),
         pixel_spacing=floats("PixelSpacing"),  # type: ignore[arg-type]
         frames=int(ds.get("NumberOfFrames", 1) or 1),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        attributes=_selection_attributes(ds),
     )
 
 
@@ -183,8 +276,10 @@ def check_series(ordered: Sequence[SliceHeader], name: str = "series") -> Series
 
     Raises:
         DicomSeriesError: naming ``name`` and the problem: mixed image sizes, mixed orientations,
-            duplicate positions, missing slices (a gap of about a multiple of the usual spacing),
-            or otherwise inconsistent slice spacing.
+            two different images at one position (several acquisitions in one series; the same
+            instance twice is removed before, :func:`drop_duplicate_instances`), gantry tilt
+            (positions drifting sideways by more than half a pixel), missing slices (a gap over
+            1.5x the median spacing), or otherwise inconsistent slice spacing (over 1%).
     """
     if not ordered:
         raise DicomSeriesError(f"{name}: no image slices")
@@ -217,26 +312,42 @@ def check_series(ordered: Sequence[SliceHeader], name: str = "series") -> Series
                 f"{h.path.name} has {h.orientation}"
             )
     normal = first.normal
-    pos = np.array([float(np.dot(normal, h.position)) for h in ordered])  # type: ignore[arg-type]
+    positions = np.array([h.position for h in ordered], dtype=float)
+    pos = positions @ normal
     gaps = np.diff(pos)
     dup = np.flatnonzero(gaps < 1e-3)
     if dup.size:
         i = int(dup[0])
         raise DicomSeriesError(
-            f"{name}: {ordered[i].path.name} and {ordered[i + 1].path.name} lie at the same position "
-            f"{pos[i]:.3f} mm along the slice normal (duplicate slice or several acquisitions in one series)"
+            f"{name}: {ordered[i].path.name} and {ordered[i + 1].path.name} are two different images at the "
+            f"same position {pos[i]:.3f} mm along the slice normal: several acquisitions (echoes, phases, "
+            "repeats) in one series; viewers show them as separate stacks, so export each acquisition as "
+            "its own series"
+        )
+    # Gantry tilt: slices stacked along a direction that is not their normal (a sheared volume).
+    along = float(pos[-1] - pos[0])
+    drift = float(np.linalg.norm((positions[-1] - positions[0]) - along * normal))
+    if drift > GANTRY_TILT_PIXELS * min(spacing_xy):
+        angle = np.degrees(np.arctan2(drift, along))
+        raise DicomSeriesError(
+            f"{name}: gantry tilt of {angle:.1f} degrees: the slice positions shift {drift:.2f} mm sideways "
+            "over the series, so the slices are not stacked along their normal; resample it onto an "
+            "orthogonal grid first (dcm2niix corrects gantry tilt by default) or use a reconstruction "
+            "without tilt"
         )
     step = float(np.median(gaps))
+    gap = np.flatnonzero(gaps > MISSING_SLICE_GAP * step)
+    if gap.size:
+        i = int(gap[0])
+        missing = max(1, round(gaps[i] / step) - 1)
+        raise DicomSeriesError(
+            f"{name}: missing slice(s): gap of {gaps[i]:.3f} mm between {ordered[i].path.name} and "
+            f"{ordered[i + 1].path.name} where the series spacing is {step:.3f} mm "
+            f"(about {missing} slice(s) missing)"
+        )
     bad = np.flatnonzero(np.abs(gaps - step) > SPACING_TOLERANCE * step + 1e-3)
     if bad.size:
         i = int(bad[0])
-        ratio = gaps[i] / step
-        if abs(ratio - round(ratio)) < 0.1 and round(ratio) >= 2:
-            raise DicomSeriesError(
-                f"{name}: missing slice(s): gap of {gaps[i]:.3f} mm between {ordered[i].path.name} and "
-                f"{ordered[i + 1].path.name} where the series spacing is {step:.3f} mm "
-                f"(about {round(ratio) - 1} slice(s) missing)"
-            )
         raise DicomSeriesError(
             f"{name}: inconsistent slice spacing: {gaps[i]:.3f} mm between {ordered[i].path.name} and "
             f"{ordered[i + 1].path.name}, {step:.3f} mm elsewhere"
@@ -244,6 +355,55 @@ def check_series(ordered: Sequence[SliceHeader], name: str = "series") -> Series
     return SeriesGeometry(
         shape=(first.columns, first.rows, len(ordered)), spacing=(spacing_xy[1], spacing_xy[0], step)
     )
+
+
+def drop_duplicate_instances(headers: Sequence[SliceHeader]) -> tuple[list[SliceHeader], list[Path]]:
+    """Keep one file per SOPInstanceUID (the first by path): the same image stored twice (a
+    re-sent or re-exported file) is one image, as a PACS stores it. Returns (kept headers, dropped
+    files). Files without a SOPInstanceUID are all kept."""
+    kept, dropped, seen = [], [], set()
+    for h in sorted(headers, key=lambda h: str(h.path)):
+        if h.sop_instance_uid and h.sop_instance_uid in seen:
+            dropped.append(h.path)
+            continue
+        seen.add(h.sop_instance_uid)
+        kept.append(h)
+    return kept, dropped
+
+
+def series_properties(ordered: Sequence[SliceHeader], geometry: SeriesGeometry | None = None) -> dict:
+    """What selection rules (:mod:`unet_med.dicom.selection`) read of a series: ``kind``,
+    ``slices``, ``orientation`` (``mixed`` when slices disagree), ``pixel_spacing`` (mm),
+    ``slice_spacing`` (mm, only with a checked ``geometry``) and the DICOM attributes of the first
+    slice (``ImageType``: every value found on any slice)."""
+    from unet_med.dicom.selection import plane_of_normal
+
+    first = ordered[0]
+    props: dict = {k: None for k in _selection_keys()}
+    props.update(first.attributes)
+    image_types: list[str] = []
+    for h in ordered:
+        value = h.attributes.get("ImageType")
+        for v in (value if isinstance(value, tuple) else () if value is None else (value,)):
+            if v not in image_types:
+                image_types.append(v)
+    props["ImageType"] = tuple(image_types) or None
+    planes = {plane_of_normal(h.normal) for h in ordered}
+    props.update(
+        kind="dicom",
+        slices=first.frames if len(ordered) == 1 else len(ordered),
+        orientation="mixed" if len(planes) > 1 else planes.pop(),
+        pixel_spacing=first.pixel_spacing,
+    )
+    if geometry is not None and len(geometry.spacing) > 2:
+        props["slice_spacing"] = float(geometry.spacing[2])
+    return props
+
+
+def _selection_keys() -> list[str]:
+    from unet_med.dicom.selection import DICOM_ATTRIBUTES
+
+    return list(DICOM_ATTRIBUTES)
 
 
 def series_files(paths: Sequence[str | Path], name: str | None = None) -> list[Path]:
@@ -280,6 +440,7 @@ def series_files(paths: Sequence[str | Path], name: str | None = None) -> list[P
             f"{name}: holds {len(uids)} DICOM series; pass the files of one series "
             "(`unet-med scans` lists them separately)"
         )
+    headers, _ = drop_duplicate_instances(headers)
     ordered = order_series(headers)
     check_series(ordered, name)
     return [h.path for h in ordered]

@@ -2,11 +2,14 @@
 machines share an output folder, merged afterwards), per-label volumes and Dice, and the rows for
 what discovery set aside.
 
-Report columns: ``scan_id, source, status (ok|failed|skipped), error, seconds`` then
-``voxels_<label>`` and ``volume_ml_<label>`` for every foreground label (and ``dice_<label>`` with
-reference label maps). Volumes are in millilitres: voxel count x voxel volume in mm^3 / 1000 (a
-2D image counts its pixels as 1 mm deep along the missing axis, so its "volume" is area in cm^2 x
-0.1).
+Report columns: ``scan_id, source, status (ok|failed|skipped), error, seconds``, then what
+discovery knows of the input (:data:`DISCOVERY_COLUMNS`: ``kind`` nifti|dicom|image|skipped-object,
+``study_id`` grouping the series of one DICOM study, ``selection`` selected or ``not selected:
+<rule>``, ``warning``), then ``voxels_<label>`` and ``volume_ml_<label>`` for every foreground
+label (and ``dice_<label>`` with reference label maps). Every row has its own ``scan_id``: the id
+discovery gave the scan, file or series, whether it was segmented, failed, skipped or rejected.
+Volumes are in millilitres: voxel count x voxel volume in mm^3 / 1000 (a 2D image counts its
+pixels as 1 mm deep along the missing axis, so its "volume" is area in cm^2 x 0.1).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from unet_med.data.loading import ScanLoadError, is_nifti, is_plain_image
 
 __all__ = [
     "BASE_COLUMNS",
+    "DISCOVERY_COLUMNS",
     "REPORT_NAME",
     "STATUSES",
     "discovery_rows",
@@ -42,6 +46,8 @@ __all__ = [
 ]
 
 BASE_COLUMNS = ["scan_id", "source", "status", "error", "seconds"]
+# What discovery knows of each input (Scan.report_fields / SkippedFile.report_fields).
+DISCOVERY_COLUMNS = ["kind", "study_id", "selection", "warning"]
 STATUSES = ("ok", "failed", "skipped")
 REPORT_NAME = "report.csv"
 _PART_PATTERN = re.compile(r"^report\.part-(\d+)-of-(\d+)\.csv$")
@@ -57,7 +63,8 @@ def report_columns(labels: Mapping[int, str], *, dice: bool = False) -> list[str
     """All report columns for the foreground ``labels`` ({value: name}, 0 = background excluded);
     ``dice=True`` adds ``dice_<label>`` (agreement with reference label maps)."""
     names = [label_column_name(n) for v, n in sorted(labels.items()) if v != 0]
-    columns = BASE_COLUMNS + [f"voxels_{n}" for n in names] + [f"volume_ml_{n}" for n in names]
+    columns = BASE_COLUMNS + DISCOVERY_COLUMNS
+    columns = columns + [f"voxels_{n}" for n in names] + [f"volume_ml_{n}" for n in names]
     return columns + ([f"dice_{n}" for n in names] if dice else [])
 
 
@@ -150,8 +157,11 @@ def read_report(path: str | Path) -> Any:
     """A report CSV as a DataFrame (``error`` empty strings, not NaN)."""
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype={"scan_id": str, "source": str, "status": str, "error": str})
-    frame["error"] = frame["error"].fillna("")
+    text = {c: str for c in ["scan_id", "source", "status", "error", *DISCOVERY_COLUMNS]}
+    frame = pd.read_csv(path, dtype=text)
+    for col in ["error", *DISCOVERY_COLUMNS]:
+        if col in frame.columns:
+            frame[col] = frame[col].fillna("")
     return frame
 
 
@@ -203,23 +213,28 @@ _STATUS_OF_SKIP: dict[SkipKind, str | None] = {
     SkipKind.NON_IMAGE_OBJECT: "skipped",
     SkipKind.DICOMDIR: "skipped",
     SkipKind.NO_PIXEL_DATA: "skipped",
+    SkipKind.NOT_SELECTED: "skipped",
 }
 
 
 def discovery_rows(skipped: Sequence[SkippedFile]) -> list[dict[str, Any]]:
     """Report rows for what discovery set aside, decided by each file's :class:`SkipKind`: a
     NIfTI/image file (even a hidden one) or a broken DICOM series is a *failed* scan; a non-image
-    DICOM object (SEG, RTSTRUCT, DICOMDIR, no pixel data) is *skipped* with its reason; other files
-    (no DICOM preamble, hidden files) are not scans and get no row."""
+    DICOM object (SEG, RTSTRUCT, DICOMDIR, no pixel data) is *skipped* with its reason; a scan that
+    fails a selection rule is *skipped* with the rule in ``selection``; other files (no DICOM
+    preamble, hidden files) are not scans and get no row. Each row keeps discovery's unique id."""
     rows = []
     for item in skipped:
         path = str(item.path)
         scan_file = is_nifti(path) or is_plain_image(path)
-        status = "failed" if scan_file else _STATUS_OF_SKIP.get(item.kind, "failed")
+        status = "failed" if scan_file and item.kind != SkipKind.NOT_SELECTED else _STATUS_OF_SKIP.get(
+            item.kind, "failed"
+        )
         if status is None:
             continue
-        stem = re.sub(r"(\.nii\.gz|\.nii|\.[A-Za-z]+)$", "", path)
-        row = {"scan_id": safe_scan_id(stem), "source": path, "status": status, "error": item.reason}
+        scan_id = item.scan_id or safe_scan_id(re.sub(r"(\.nii\.gz|\.nii|\.[A-Za-z]+)$", "", path))
+        error = "" if item.kind == SkipKind.NOT_SELECTED else item.reason
+        row = {"scan_id": scan_id, "source": path, "status": status, "error": error, **item.report_fields()}
         rows.append({**row, "seconds": 0.0})
     return rows
 

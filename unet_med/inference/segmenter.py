@@ -34,6 +34,7 @@ import numpy as np
 from monai.data.utils import affine_to_spacing
 
 from unet_med.data.discovery import Scan, ScanDiscovery
+from unet_med.dicom.selection import SeriesSelection
 from unet_med.inference.bundle_loading import InferenceBundle, load_bundle
 from unet_med.inference.outputs import finished_segmentation, write_scan_outputs
 from unet_med.inference.prediction import PreparedScan, predict_label_map, prepare_scan
@@ -151,6 +152,7 @@ class BatchSegmenter:
         """The row of a scan that needs no prediction: ``failed`` when its id cannot name files in
         ``out_dir``, ``skipped`` when its outputs are complete; None when it is to be segmented."""
         row = {"scan_id": scan.scan_id, "source": str(scan.source), "error": "", "seconds": 0.0}
+        row.update(scan.report_fields())
         try:
             done = None if self.overwrite else finished_segmentation(out_dir, scan, dicom_seg=self.dicom_seg)
         except ValueError as exc:
@@ -168,6 +170,7 @@ class BatchSegmenter:
         background loader, re-raising the loader's error)."""
         start = time.perf_counter()
         row: dict[str, Any] = {"scan_id": scan.scan_id, "source": str(scan.source), "error": ""}
+        row.update(scan.report_fields())
         try:
             loaded = prepared()
             label_map = self.predict(loaded, f"scan {scan.scan_id}")
@@ -275,6 +278,7 @@ class BatchSegmenter:
         split: str | None = None,
         discovery: ScanDiscovery | None = None,
         progress: bool = True,
+        selection: SeriesSelection | None = None,
     ) -> BatchResult:
         """Segment every scan under ``input_dir`` (this part's share) into ``out_dir``.
 
@@ -290,6 +294,7 @@ class BatchSegmenter:
             discovery: what :func:`~unet_med.data.discovery.discover_scans` found under
                 ``input_dir``, when the caller has it already.
             progress: show a progress bar on stderr.
+            selection: series selection rules for the discovery (when ``discovery`` is None).
 
         Raises:
             ValueError: a bad ``part_id``/``num_parts``.
@@ -298,7 +303,7 @@ class BatchSegmenter:
         from unet_med.data.discovery import discover_scans
 
         input_dir, out_dir = Path(input_dir), Path(out_dir)
-        discovery = discovery if discovery is not None else discover_scans(input_dir)
+        discovery = discovery if discovery is not None else discover_scans(input_dir, selection)
         set_aside = discovery_rows(discovery.skipped)
         mine = select_part(
             [s.scan_id for s in discovery.scans] + [r["scan_id"] for r in set_aside], num_parts, part_id
