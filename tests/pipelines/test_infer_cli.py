@@ -19,6 +19,7 @@ import torch
 from pipelines.cli import main
 from unet_med.data.writing import save_nifti
 from unet_med.inference.outputs import output_stem
+from unet_med.inference.report import STAGE_COLUMNS
 from unet_med.networks import UNet
 from unet_med.tracking.linked_runs import TRAINING_RUN_TAG, one_shot_run
 from unet_med.tracking.run_record import write_run_record
@@ -49,7 +50,7 @@ def test_outputs_keep_each_scans_geometry_and_report_volumes(infer_bundle, infer
         "voxels_lesion",
         "volume_ml_organ",
         "volume_ml_lesion",
-    ]
+    ] + STAGE_COLUMNS
     assert set(report["status"]) == {"ok"}
     assert len(report) == 3
     for row in report.itertuples():
