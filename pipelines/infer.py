@@ -33,10 +33,19 @@ outputs (in OUT_DIR):
   <scan_id>_seg.nii.gz   uint8 label map in the scan's geometry (shape, spacing, origin, direction)
   <scan_id>_qc.png       a few slices with the predicted outlines
   <scan_id>_seg.dcm      DICOM SEG referencing the source series (--dicom-seg, DICOM inputs only)
+  <scan_id>_probabilities.nii.gz
+                         softmax per class (--save-probabilities): 4D NIfTI (i, j, k, class), 2D
+                         scans (i, j, 1, class); the scan's geometry, float16 precision stored as
+                         float32, sums to 1; its argmax is the label map before the bundle's clean-ups
   report.csv             scan_id, source, status (ok|failed|skipped), error, seconds,
                          kind (nifti|dicom|image|skipped-object), study_id, selection, warning,
-                         voxels_<label>, volume_ml_<label> (report.part-K-of-N.csv with --num-parts);
-                         one row per file or series found, each with its own scan_id
+                         voxels_<label>, volume_ml_<label> (report.part-K-of-N.csv with --num-parts),
+                         with --statistics intensity_mean_<label>, intensity_std_<label> (the scan's
+                         own intensities: HU for CT) and components_<label> (connected components,
+                         full connectivity), then the seconds per stage: seconds_load,
+                         seconds_preprocess, seconds_predict, seconds_postprocess, seconds_write
+                         (of which seconds_write_qc, seconds_write_dicom_seg); one row per file or
+                         series found, each with its own scan_id
 
 series selection (--select RULE, repeatable; all rules must hold):
   NAME OP VALUE          e.g. --select "Modality==CT" --select "slices>=20" --select "SliceThickness<=5"
@@ -148,6 +157,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: mean over flipped inputs")
     parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG for DICOM inputs")
     parser.add_argument("--no-qc", action="store_true", help="do not write QC pictures")
+    parser.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write each scan's softmax as <scan_id>_probabilities.nii.gz (4D, class last, in the "
+        "scan's geometry)",
+    )
+    parser.add_argument(
+        "--statistics",
+        action="store_true",
+        help="add per-label intensity mean/std (HU for CT) and connected-component counts to report.csv",
+    )
     parser.add_argument("--overwrite", action="store_true", help="segment scans again even when done")
     parser.add_argument("--num-parts", type=int, default=1, help="split the scans into N parts (default 1)")
     parser.add_argument("--part-id", type=int, default=0, help="which part (0 .. N-1) this run segments")
@@ -254,6 +274,7 @@ def _run(args: argparse.Namespace) -> int:
     segmenter = BatchSegmenter.from_bundle(
         args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
         overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
+        save_probabilities=args.save_probabilities, statistics=args.statistics,
     )
     bundle = segmenter.bundle
     if len(bundle.checkpoints) > 1:

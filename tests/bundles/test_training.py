@@ -33,6 +33,9 @@ def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path, bund
                                 "--epochs", "2", "--patch_size", "[4,4]"), cwd=tmp_path)
     uri = f"sqlite:///{out.resolve()}/mlflow.db"
     assert f"mlflow ui --backend-store-uri {uri}" in log
+    # a readable log: no notice about a GPU decoder this machine lacks, no MONAI orientation warnings
+    for noise in ("nvImageCodec", "axcodes", "Orientationd", "FutureWarning"):
+        assert noise not in log, noise
 
     for name in ("model.pt", "checkpoint_last.pt"):
         torch.load(out / "models" / name, weights_only=True)

@@ -12,6 +12,7 @@ import pytest
 
 from unet_med.data.discovery import SkipKind, SkippedFile
 from unet_med.inference.report import (
+    STAGE_COLUMNS,
     discovery_rows,
     label_dice,
     label_volumes,
@@ -55,7 +56,7 @@ def test_report_columns_and_merge_of_part_reports(tmp_path):
         "voxels_liver_tumour",
         "volume_ml_liver",
         "volume_ml_liver_tumour",
-    ]
+    ] + STAGE_COLUMNS
     assert part_report_name(0, 1) == "report.csv"
     assert part_report_name(1, 3) == "report.part-1-of-3.csv"
     first = [{"scan_id": "b", "status": "ok", "voxels_liver": 3}]

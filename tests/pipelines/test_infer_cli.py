@@ -20,6 +20,7 @@ import torch
 from pipelines.cli import main
 from unet_med.data.writing import save_nifti
 from unet_med.inference.outputs import output_stem
+from unet_med.inference.report import STAGE_COLUMNS
 from unet_med.networks import UNet
 from unet_med.tracking.linked_runs import TRAINING_RUN_TAG, one_shot_run
 from unet_med.tracking.run_record import write_run_record
@@ -54,7 +55,7 @@ def test_outputs_keep_each_scans_geometry_and_report_volumes(infer_bundle, infer
         "voxels_lesion",
         "volume_ml_organ",
         "volume_ml_lesion",
-    ]
+    ] + STAGE_COLUMNS
     assert set(report["status"]) == {"ok"}
     assert len(report) == 3
     for row in report.itertuples():
@@ -360,3 +361,59 @@ def test_select_rules_decide_every_series_and_the_report_says_why(
     assert _infer(infer_bundle, scans, tmp_path / "o2", "--select", "SeriesDescription~/(unclosed/") == 2
     err = capsys.readouterr().err
     assert "--select rule 1 'SeriesDescription~/(unclosed/'" in err and "at character 20" in err  # the "("
+
+
+def test_statistics_columns_hold_hu_statistics_and_components_of_the_written_labels(
+    infer_bundle, infer_scans, tmp_path, capsys
+):
+    from unet_med.data.discovery import discover_scans
+    from unet_med.data.loading import load_scan
+    from unet_med.inference.measurements import label_statistics, statistics_columns
+
+    out = tmp_path / "out"
+    assert _infer(infer_bundle, infer_scans, out, "--statistics", "--save-probabilities", "--no-qc") == 0
+    report = _report(out).set_index("scan_id")
+    labels = {0: "background", 1: "organ", 2: "lesion"}
+    assert set(statistics_columns(labels)) <= set(report.columns)
+    assert list(report.columns)[-len(STAGE_COLUMNS):] == STAGE_COLUMNS
+    for scan in discover_scans(infer_scans).scans:
+        row = report.loc[scan.scan_id]
+        label_map = np.asanyarray(nib.load(out / f"{output_stem(scan.scan_id)}_seg.nii.gz").dataobj)
+        expected = label_statistics(label_map, load_scan(scan)[0].numpy(), labels)
+        assert row["components_organ"] == expected["components_organ"] >= 1
+        assert row["intensity_mean_organ"] == pytest.approx(expected["intensity_mean_organ"], abs=1e-5)
+        assert row["intensity_std_organ"] == pytest.approx(expected["intensity_std_organ"], abs=1e-5)
+        assert row["intensity_mean_organ"] < -100  # HU of the bright ball (-200), not normalised [0, 1]
+        assert (out / f"{output_stem(scan.scan_id)}_probabilities.nii.gz").is_file()
+        assert all(row[c] > 0 for c in STAGE_COLUMNS[:5])
+    with pytest.raises(SystemExit):
+        main(["infer", "--help"])
+    text = capsys.readouterr().out
+    assert "--save-probabilities" in text and "--statistics" in text and "seconds_predict" in text
+
+
+@pytest.mark.slow
+def test_a_2d_batch_prints_a_progress_bar_and_a_summary_without_library_warnings(tmp_path):
+    """What a person sees: no MONAI orientation warning for 2D scans, no nvImageCodec notice, no
+    Orientationd FutureWarning (run as a user runs it, in a fresh process)."""
+    import subprocess
+    import sys
+
+    from unet_med.data.demo import generate_demo_dataset
+    from unet_med.networks import create_unet
+
+    manifest = generate_demo_dataset(tmp_path / "demo", dims=2, n=3, size=40, format="dicom")
+    checkpoint = tmp_path / "model.pt"
+    torch.save(create_unet("paper", base_width=2, out_channels=3).state_dict(), checkpoint)
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "infer", "--bundle", str(root / "bundles" / "unet2d_paper"),
+         "--checkpoint", str(checkpoint), "--set", "base_width=2", "--input", str(manifest.parent / "images"),
+         "--output", str(tmp_path / "out"), "--dicom-seg"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("3 scans: 3 ok, 0 failed, 0 skipped")
+    for noise in ("axcodes", "nvImageCodec", "FutureWarning", "Warning", "WARNING"):
+        assert noise not in result.stderr + result.stdout, result.stderr[-3000:]
+    assert "infer: 100%" in result.stderr  # the one progress bar

@@ -150,6 +150,28 @@ class ScanReader(ImageReader):
         return np.stack(arrays, axis=0), meta
 
 
+def _drop_unusable_nvimgcodec_reader() -> None:
+    """Take MONAI's ``NvImgCodecPydicomReader`` off ``LoadImage``'s default readers where
+    nvImageCodec (CUDA, ``nvidia-nvimgcodec``, CuPy) is not installed.
+
+    Why: ``LoadImage`` constructs every reader of MONAI's ``SUPPORTED_READERS`` (a registry MONAI
+    documents as editable), and this one, without nvImageCodec, logs "nvImageCodec is not
+    available" and warns "decoder plugin did not register" on every construction, in every
+    process, although it is then never selected (its ``verify_suffix`` is False) and DICOM is
+    read by :class:`ScanReader` anyway. Where nvImageCodec is installed nothing changes.
+    """
+    try:
+        from monai.data.nvimgcodec_pydicom_plugin import is_nvimgcodec_available
+        from monai.transforms.io.array import SUPPORTED_READERS
+    except ImportError:  # a MONAI without the plugin has no such reader
+        return
+    if not is_nvimgcodec_available():
+        SUPPORTED_READERS.pop("nvimgcodecpydicomreader", None)
+
+
+_drop_unusable_nvimgcodec_reader()
+
+
 @functools.lru_cache(maxsize=8)
 def _loader(dtype: Any) -> Any:
     # LoadImage instantiates all of MONAI's default readers on construction; build it once per dtype.

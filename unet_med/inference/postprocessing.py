@@ -6,6 +6,7 @@ preprocessing (``monai.transforms.Invertd``, nearest neighbour, so labels stay l
 optionally MONAI's ``KeepLargestConnectedComponentd`` and ``FillHolesd`` per label.
 :func:`to_input_geometry` is the safety net of batch inference: whatever the bundle's chain did,
 the label map that gets written has the loaded scan's shape.
+:func:`probabilities_to_input_geometry` brings the softmax back by the same inversion.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from monai.transforms import (
     KeepLargestConnectedComponentd,
 )
 
-__all__ = ["postprocessing_transforms", "to_input_geometry"]
+__all__ = ["postprocessing_transforms", "probabilities_to_input_geometry", "to_input_geometry"]
 
 
 def postprocessing_transforms(
@@ -104,3 +105,47 @@ def to_input_geometry(
             f"{name}: label values {int(array.min())}..{int(array.max())} do not fit uint8 (0..255)"
         )
     return array.astype(np.uint8)
+
+
+def probabilities_to_input_geometry(
+    data: dict[str, Any],
+    *,
+    preprocessing: InvertibleTransform | None,
+    spatial_shape: Sequence[int],
+    key: str = "pred",
+    orig_key: str = "image",
+    name: str = "scan",
+) -> np.ndarray:
+    """The softmax of the logits ``data[key]`` (``(C, *spatial)``, preprocessed grid) as float32
+    ``(C, *spatial_shape)`` in the scan's own grid, summing to 1 over C at every voxel.
+
+    The inversion is the label map's: ``Invertd`` of ``preprocessing`` with nearest-neighbour
+    interpolation, so the argmax of the result is the label map before the bundle's optional
+    clean-ups (largest component, hole filling) and no voxel mixes the classes of two
+    neighbours. Voxels that the preprocessing cropped away come back as zeros from the inverse
+    padding; they are background (probability 1 for class 0), as they are in the label map.
+
+    Raises:
+        ValueError: naming ``name`` when the result does not come back to ``spatial_shape``.
+    """
+    logits = data[key]
+    if not isinstance(logits, torch.Tensor):
+        logits = torch.as_tensor(np.asarray(logits))
+    probabilities = torch.softmax(logits.float(), dim=0)
+    if preprocessing is not None and getattr(data.get(orig_key), "applied_operations", None):
+        probabilities = Invertd(
+            keys=key, transform=preprocessing, orig_keys=orig_key, nearest_interp=True, to_tensor=True
+        )({**data, key: probabilities})[key]
+    if isinstance(probabilities, torch.Tensor):
+        probabilities = probabilities.detach().cpu().numpy()
+    array = np.asarray(probabilities, dtype=np.float32)
+    if tuple(array.shape[1:]) != tuple(spatial_shape):
+        raise ValueError(
+            f"{name}: the probabilities have shape {tuple(array.shape[1:])} after inversion, expected the "
+            f"scan's {tuple(spatial_shape)} (the bundle's preprocessing must be invertible)"
+        )
+    total = array.sum(axis=0)
+    outside = total < 0.5  # padding of the inverse crop: every class 0
+    array[0][outside] = 1.0
+    total[outside] = 1.0
+    return array / total[None]

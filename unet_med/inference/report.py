@@ -6,7 +6,9 @@ Report columns: ``scan_id, source, status (ok|failed|skipped), error, seconds``,
 discovery knows of the input (:data:`DISCOVERY_COLUMNS`: ``kind`` nifti|dicom|image|skipped-object,
 ``study_id`` grouping the series of one DICOM study, ``selection`` selected or ``not selected:
 <rule>``, ``warning``), then ``voxels_<label>`` and ``volume_ml_<label>`` for every foreground
-label (and ``dice_<label>`` with reference label maps). Every row has its own ``scan_id``: the id
+label (and ``dice_<label>`` with reference label maps), with ``statistics`` per-label intensity
+mean/std and component counts (:mod:`unet_med.inference.measurements`), and last the seconds of
+each stage (:data:`STAGE_COLUMNS`). Every row has its own ``scan_id``: the id
 discovery gave the scan, file or series, whether it was segmented, failed, skipped or rejected.
 Volumes are in millilitres: voxel count x voxel volume in mm^3 / 1000 (a 2D image counts its
 pixels as 1 mm deep along the missing axis, so its "volume" is area in cm^2 x 0.1).
@@ -30,6 +32,7 @@ __all__ = [
     "BASE_COLUMNS",
     "DISCOVERY_COLUMNS",
     "REPORT_NAME",
+    "STAGE_COLUMNS",
     "STATUSES",
     "discovery_rows",
     "error_text",
@@ -50,6 +53,21 @@ BASE_COLUMNS = ["scan_id", "source", "status", "error", "seconds"]
 DISCOVERY_COLUMNS = ["kind", "study_id", "selection", "warning"]
 STATUSES = ("ok", "failed", "skipped")
 REPORT_NAME = "report.csv"
+# Wall seconds of each stage of a segmented scan (empty for scans not segmented in this run):
+# reading the files, preprocessing (orientation, resampling, crop, normalisation), the network
+# (inferer), post-processing and inversion back to the scan's grid (with --statistics, the
+# measurements too), writing every output; the last two are the QC picture's and the DICOM SEG's
+# share of seconds_write. The background loader overlaps load + preprocess with the previous
+# scan's prediction, so the stages can add up to more than ``seconds``.
+STAGE_COLUMNS = [
+    "seconds_load",
+    "seconds_preprocess",
+    "seconds_predict",
+    "seconds_postprocess",
+    "seconds_write",
+    "seconds_write_qc",
+    "seconds_write_dicom_seg",
+]
 _PART_PATTERN = re.compile(r"^report\.part-(\d+)-of-(\d+)\.csv$")
 
 
@@ -59,13 +77,19 @@ def label_column_name(name: str) -> str:
     return cleaned or "label"
 
 
-def report_columns(labels: Mapping[int, str], *, dice: bool = False) -> list[str]:
+def report_columns(labels: Mapping[int, str], *, dice: bool = False, statistics: bool = False) -> list[str]:
     """All report columns for the foreground ``labels`` ({value: name}, 0 = background excluded);
-    ``dice=True`` adds ``dice_<label>`` (agreement with reference label maps)."""
+    ``dice=True`` adds ``dice_<label>`` (agreement with reference label maps), ``statistics=True``
+    the per-label intensity and component columns; the stage seconds come last."""
     names = [label_column_name(n) for v, n in sorted(labels.items()) if v != 0]
     columns = BASE_COLUMNS + DISCOVERY_COLUMNS
     columns = columns + [f"voxels_{n}" for n in names] + [f"volume_ml_{n}" for n in names]
-    return columns + ([f"dice_{n}" for n in names] if dice else [])
+    columns = columns + ([f"dice_{n}" for n in names] if dice else [])
+    if statistics:
+        from unet_med.inference.measurements import statistics_columns
+
+        columns += statistics_columns(labels)
+    return columns + STAGE_COLUMNS
 
 
 def label_dice(prediction: np.ndarray, reference: np.ndarray, labels: Mapping[int, str]) -> dict[str, float]:
@@ -136,19 +160,26 @@ def part_report_name(part_id: int, num_parts: int) -> str:
 
 
 def write_report(
-    rows: Sequence[Mapping[str, Any]], path: str | Path, labels: Mapping[int, str], *, dice: bool = False
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    labels: Mapping[int, str],
+    *,
+    dice: bool = False,
+    statistics: bool = False,
 ) -> Path:
     """Write report rows (sorted by ``scan_id``) as CSV, atomically."""
     import pandas as pd
 
     from unet_med.data.writing import write_csv
 
-    frame = pd.DataFrame(list(rows), columns=report_columns(labels, dice=dice))
+    frame = pd.DataFrame(list(rows), columns=report_columns(labels, dice=dice, statistics=statistics))
     for col in frame.columns:
-        if col.startswith("voxels_"):
+        if col.startswith(("voxels_", "components_")):
             frame[col] = frame[col].astype("Int64")  # counts stay integers next to empty failed rows
-        elif col.startswith(("volume_ml_", "dice_")):
+        elif col.startswith(("volume_ml_", "dice_", "intensity_")):
             frame[col] = frame[col].astype(float).round(6)
+        elif col.startswith("seconds_"):
+            frame[col] = frame[col].astype(float).round(4)
     frame = frame.sort_values("scan_id", kind="stable").reset_index(drop=True)
     return write_csv(frame, path)
 

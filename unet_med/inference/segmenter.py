@@ -7,6 +7,11 @@ a list of scans (:meth:`~BatchSegmenter.segment_scans`) or everything under a fo
 (:mod:`unet_med.inference.report`). ``unet-med infer`` is a thin command line around it; a
 long-running mode (a watched inbox) constructs it once and calls it per arriving scan or folder.
 
+Every segmented scan's row holds the seconds of its stages (``seconds_load`` ... ``seconds_write``,
+:data:`~unet_med.inference.report.STAGE_COLUMNS`); on request its softmax is written beside the
+label map (``save_probabilities``) and per-label intensity statistics and component counts go into
+its row (``statistics``).
+
 A scan whose outputs are complete is not segmented again (``overwrite=False``): its row is
 ``skipped`` with the volumes read back from its label map. One failing scan gets a ``failed`` row
 and the others go on. Over a list of scans, the next scan is loaded and preprocessed in a
@@ -36,6 +41,7 @@ from monai.data.utils import affine_to_spacing
 from unet_med.data.discovery import Scan, ScanDiscovery
 from unet_med.dicom.selection import SeriesSelection
 from unet_med.inference.bundle_loading import InferenceBundle, load_bundle
+from unet_med.inference.measurements import label_statistics
 from unet_med.inference.outputs import finished_segmentation, write_scan_outputs
 from unet_med.inference.prediction import PreparedScan, predict_label_map, prepare_scan
 from unet_med.inference.references import manifest_references, reference_agreement
@@ -89,15 +95,28 @@ class BatchSegmenter:
         qc: write a QC picture per scan.
         dicom_seg: also write a DICOM SEG for DICOM inputs.
         overwrite: segment scans again even when their outputs are complete.
+        save_probabilities: also write the softmax per scan (``<scan>_probabilities.nii.gz``, 4D,
+            class last, in the scan's geometry).
+        statistics: add per-label intensity mean/std (original intensities, HU for CT) and
+            connected-component counts to each segmented scan's report row.
     """
 
     def __init__(
-        self, bundle: InferenceBundle, *, qc: bool = True, dicom_seg: bool = False, overwrite: bool = False
+        self,
+        bundle: InferenceBundle,
+        *,
+        qc: bool = True,
+        dicom_seg: bool = False,
+        overwrite: bool = False,
+        save_probabilities: bool = False,
+        statistics: bool = False,
     ) -> None:
         self.bundle = bundle
         self.qc = qc
         self.dicom_seg = dicom_seg
         self.overwrite = overwrite
+        self.save_probabilities = save_probabilities
+        self.statistics = statistics
 
     @classmethod
     def from_bundle(
@@ -111,16 +130,26 @@ class BatchSegmenter:
         qc: bool = True,
         dicom_seg: bool = False,
         overwrite: bool = False,
+        save_probabilities: bool = False,
+        statistics: bool = False,
     ) -> BatchSegmenter:
         """Load ``bundle_dir`` (see :func:`~unet_med.inference.bundle_loading.load_bundle` for
         ``checkpoint``, ``device``, ``tta``, ``overrides``) and make a segmenter of it. Several
-        checkpoints (a list or a folder of them) segment with their ensemble (mean softmax).
+        checkpoints (a list or a folder of them) segment with their ensemble (mean softmax); the
+        other arguments are the constructor's.
 
         Raises:
             BundleError: the bundle or checkpoint cannot be used.
         """
         bundle = load_bundle(bundle_dir, device=device, checkpoint=checkpoint, tta=tta, overrides=overrides)
-        return cls(bundle, qc=qc, dicom_seg=dicom_seg, overwrite=overwrite)
+        return cls(
+            bundle,
+            qc=qc,
+            dicom_seg=dicom_seg,
+            overwrite=overwrite,
+            save_probabilities=save_probabilities,
+            statistics=statistics,
+        )
 
     # ------------------------------------------------------------------------------ one scan
     def prepare(self, scan: Scan) -> PreparedScan:
@@ -128,8 +157,10 @@ class BatchSegmenter:
         return prepare_scan(scan, self.bundle)
 
     def predict(self, prepared: PreparedScan, name: str) -> np.ndarray:
-        """The uint8 label map of a prepared scan in its own grid; ``name`` goes into errors."""
-        return predict_label_map(prepared, self.bundle, name)
+        """The uint8 label map of a prepared scan in its own grid; ``name`` goes into errors. With
+        ``save_probabilities`` the softmax goes into ``prepared.probabilities``; stage seconds
+        into ``prepared.seconds``."""
+        return predict_label_map(prepared, self.bundle, name, probabilities=self.save_probabilities)
 
     def segment_scan(
         self, scan: Scan, out_dir: str | Path, *, reference: str | Path | None = None
@@ -154,7 +185,13 @@ class BatchSegmenter:
         row = {"scan_id": scan.scan_id, "source": str(scan.source), "error": "", "seconds": 0.0}
         row.update(scan.report_fields())
         try:
-            done = None if self.overwrite else finished_segmentation(out_dir, scan, dicom_seg=self.dicom_seg)
+            done = (
+                None
+                if self.overwrite
+                else finished_segmentation(
+                    out_dir, scan, dicom_seg=self.dicom_seg, probabilities=self.save_probabilities
+                )
+            )
         except ValueError as exc:
             return {**row, "status": "failed", "error": error_text(exc)}
         if done is None:
@@ -171,9 +208,19 @@ class BatchSegmenter:
         start = time.perf_counter()
         row: dict[str, Any] = {"scan_id": scan.scan_id, "source": str(scan.source), "error": ""}
         row.update(scan.report_fields())
+        loaded: PreparedScan | None = None
+        write_seconds: dict[str, float] = {}
         try:
             loaded = prepared()
             label_map = self.predict(loaded, f"scan {scan.scan_id}")
+            measured = time.perf_counter()
+            measurements = (
+                label_statistics(label_map, loaded.image, self.bundle.labels) if self.statistics else {}
+            )
+            loaded.seconds["postprocess"] = loaded.seconds.get("postprocess", 0.0) + (
+                time.perf_counter() - measured
+            )
+            written = time.perf_counter()
             write_scan_outputs(
                 out_dir,
                 scan,
@@ -184,15 +231,21 @@ class BatchSegmenter:
                 dicom_seg=self.dicom_seg,
                 algorithm_name=self.bundle.name,
                 algorithm_version=self._algorithm_version(),
+                probabilities=loaded.probabilities,
+                seconds=write_seconds,
             )
+            loaded.seconds["write"] = time.perf_counter() - written
+            loaded.probabilities = None  # not kept past its file: (C, *spatial) float32
             voxel_size = affine_to_spacing(loaded.affine, r=3, suppress_zeros=False)[
                 : len(loaded.spatial_shape)
             ]
             volumes = label_volumes(label_map, voxel_size, self.bundle.labels)
-            row.update(status="ok", **volumes, **self._agreement(label_map, reference))
+            row.update(status="ok", **volumes, **measurements, **self._agreement(label_map, reference))
         except Exception as exc:  # one bad scan must not stop the others
             row.update(status="failed", error=error_text(exc))
         row["seconds"] = round(time.perf_counter() - start, 3)
+        stages = {**(loaded.seconds if loaded is not None else {}), **write_seconds}
+        row.update({f"seconds_{stage}": value for stage, value in stages.items()})
         return row
 
     def _agreement(self, label_map: np.ndarray, reference: Path | str | None) -> dict[str, Any]:
@@ -241,7 +294,7 @@ class BatchSegmenter:
 
         def finish(row: dict[str, Any]) -> None:
             result.rows.append(row)
-            write_report(result.rows, report_path, self.bundle.labels, dice=dice)
+            write_report(result.rows, report_path, self.bundle.labels, dice=dice, statistics=self.statistics)
             bar.update(1)
             if row["status"] == "failed":
                 bar.write(f"failed: {row['scan_id']}: {row['error']}", file=sys.stderr)
@@ -262,7 +315,7 @@ class BatchSegmenter:
                 finish(self._segment(scan, futures.pop(i).result, out_dir, references.get(scan.scan_id)))
         bar.close()
         write_report(
-            result.rows, report_path, self.bundle.labels, dice=dice
+            result.rows, report_path, self.bundle.labels, dice=dice, statistics=self.statistics
         )  # also when all rows are discovery's
         result.seconds = time.perf_counter() - start
         return result

@@ -33,7 +33,6 @@ from monai.transforms import (
     Invertd,
     LoadImaged,
     NormalizeIntensityd,
-    Orientationd,
     RandAdjustContrastd,
     RandAffined,
     RandCropByPosNegLabeld,
@@ -53,6 +52,7 @@ from unet_med.transforms.intensity import (
     ForegroundNormalizeIntensityd,
     dataset_ct_normalisation,
 )
+from unet_med.transforms.orientation import SpatialOrientationd
 from unet_med.transforms.weight_map import BorderWeightMapd
 
 __all__ = [
@@ -157,7 +157,7 @@ def preprocessing_transforms(
     )
     if axcodes:
         steps.append(
-            Orientationd(keys, axcodes=axcodes[:spatial_dims], allow_missing_keys=allow_missing_keys)
+            SpatialOrientationd(keys, axcodes=axcodes[:spatial_dims], allow_missing_keys=allow_missing_keys)
         )
     if spacing is not None:
         steps.append(
