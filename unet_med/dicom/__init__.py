@@ -4,6 +4,7 @@
   ordering along the slice normal, consistency checks, why a file is not an image slice.
 - :mod:`unet_med.dicom.reading`: a checked series -> array and RAS affine (SimpleITK).
 - :mod:`unet_med.dicom.seg`: DICOM SEG objects for predicted label maps (highdicom).
+- :mod:`unet_med.dicom.rtstruct`: RT Structure Sets for predicted label maps, and reading them back.
 - :mod:`unet_med.dicom.synthetic`: a volume written as a synthetic CT/MR series (demo, tests).
 
 :mod:`unet_med.data.loading` (NIfTI, DICOM and plain images behind one MONAI reader) and

@@ -88,15 +88,23 @@ class BatchSegmenter:
         qc: write a QC picture per scan.
         dicom_seg: also write a DICOM SEG for DICOM inputs.
         overwrite: segment scans again even when their outputs are complete.
+        rtstruct: also write an RT Structure Set for DICOM inputs.
     """
 
     def __init__(
-        self, bundle: InferenceBundle, *, qc: bool = True, dicom_seg: bool = False, overwrite: bool = False
+        self,
+        bundle: InferenceBundle,
+        *,
+        qc: bool = True,
+        dicom_seg: bool = False,
+        overwrite: bool = False,
+        rtstruct: bool = False,
     ) -> None:
         self.bundle = bundle
         self.qc = qc
         self.dicom_seg = dicom_seg
         self.overwrite = overwrite
+        self.rtstruct = rtstruct
 
     @classmethod
     def from_bundle(
@@ -110,6 +118,7 @@ class BatchSegmenter:
         qc: bool = True,
         dicom_seg: bool = False,
         overwrite: bool = False,
+        rtstruct: bool = False,
     ) -> BatchSegmenter:
         """Load ``bundle_dir`` (see :func:`~unet_med.inference.bundle_loading.load_bundle` for
         ``checkpoint``, ``device``, ``tta``, ``overrides``) and make a segmenter of it. Several
@@ -119,7 +128,7 @@ class BatchSegmenter:
             BundleError: the bundle or checkpoint cannot be used.
         """
         bundle = load_bundle(bundle_dir, device=device, checkpoint=checkpoint, tta=tta, overrides=overrides)
-        return cls(bundle, qc=qc, dicom_seg=dicom_seg, overwrite=overwrite)
+        return cls(bundle, qc=qc, dicom_seg=dicom_seg, overwrite=overwrite, rtstruct=rtstruct)
 
     # ------------------------------------------------------------------------------ one scan
     def prepare(self, scan: Scan) -> PreparedScan:
@@ -152,7 +161,11 @@ class BatchSegmenter:
         ``out_dir``, ``skipped`` when its outputs are complete; None when it is to be segmented."""
         row = {"scan_id": scan.scan_id, "source": str(scan.source), "error": "", "seconds": 0.0}
         try:
-            done = None if self.overwrite else finished_segmentation(out_dir, scan, dicom_seg=self.dicom_seg)
+            done = (
+                None
+                if self.overwrite
+                else finished_segmentation(out_dir, scan, dicom_seg=self.dicom_seg, rtstruct=self.rtstruct)
+            )
         except ValueError as exc:
             return {**row, "status": "failed", "error": error_text(exc)}
         if done is None:
@@ -179,6 +192,7 @@ class BatchSegmenter:
                 labels=self.bundle.labels,
                 qc_image=loaded.image if self.qc else None,
                 dicom_seg=self.dicom_seg,
+                rtstruct=self.rtstruct,
                 algorithm_name=self.bundle.name,
                 algorithm_version=self._algorithm_version(),
             )
