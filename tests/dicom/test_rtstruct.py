@@ -4,6 +4,9 @@ with non-square pixels, and a file with the RTSTRUCT modules, referencing its se
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -121,6 +124,7 @@ def test_file_is_an_rtstruct_referencing_its_series(tmp_path, random_volume, obl
         "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
         "SeriesInstanceUID", "SeriesNumber", "OperatorsName",  # RT Series
         "Manufacturer",  # General Equipment
+        "FrameOfReferenceUID", "PositionReferenceIndicator",  # Frame of Reference
         "StructureSetLabel", "StructureSetDate", "StructureSetTime", "StructureSetROISequence",
         "ROIContourSequence", "RTROIObservationsSequence", "SOPInstanceUID",
     ):  # fmt: skip
@@ -128,7 +132,7 @@ def test_file_is_an_rtstruct_referencing_its_series(tmp_path, random_volume, obl
     assert rt.PatientID == "SECRETNAME" and rt.StudyInstanceUID == "1.2.3.5"  # copied from the series
     assert rt.SeriesInstanceUID not in ("1.2.3.4", rt.StudyInstanceUID)
     frame = rt.ReferencedFrameOfReferenceSequence[0]
-    assert frame.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert frame.FrameOfReferenceUID == rt.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
     study = frame.RTReferencedStudySequence[0]
     assert study.ReferencedSOPInstanceUID == "1.2.3.5"
     series = study.RTReferencedSeriesSequence[0]
@@ -159,3 +163,20 @@ def test_file_is_an_rtstruct_referencing_its_series(tmp_path, random_volume, obl
         write_rtstruct(label[:, :, :3], files, labels, tmp_path / "bad.dcm")
     with pytest.raises(ValueError, match="not an RT Structure Set"):
         read_rtstruct_masks(files[0], files)
+
+
+@pytest.mark.skipif(
+    shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) not installed"
+)
+def test_dciodvfy_finds_no_error_in_the_rtstruct(tmp_path, random_volume, oblique_affine):
+    write_dicom_series(random_volume((12, 10, 4), 1), oblique_affine, tmp_path / "ct")
+    files = series_files([tmp_path / "ct"])
+    label = np.zeros((12, 10, 4), np.uint8)
+    label[2:9, 3:8, 0:3] = 1
+    label[4:6, 4:6, 1] = 2
+    path = write_rtstruct(label, files, {1: "liver", 2: "tumour"}, tmp_path / "rt.dcm")
+    # dciodvfy checks every module of the IOD against David Clunie's tables of the standard
+    found = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    text = found.stdout + found.stderr
+    assert "RTStructureSet" in text
+    assert [line for line in text.splitlines() if line.startswith("Error")] == []

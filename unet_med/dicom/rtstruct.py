@@ -206,6 +206,9 @@ def write_rtstruct(
     ds.ManufacturerModelName = algorithm_name[:64]
     ds.SoftwareVersions = algorithm_version[:64]
     ds.InstanceNumber = 1
+    # Frame of Reference (a module of the IOD in current editions of the standard; dciodvfy checks it)
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "")
     # Structure Set: what the contours lie on
     ds.StructureSetLabel = algorithm_name[:16]
     ds.StructureSetName = f"{algorithm_name} {algorithm_version}"[:64]
