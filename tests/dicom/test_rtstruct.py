@@ -59,6 +59,22 @@ def test_holes_and_touching_objects_round_trip(tmp_path, oblique_affine):
     assert np.array_equal(masks["lesion"], label == 2)
 
 
+def test_a_contour_of_over_64_kb_survives(tmp_path):
+    # a comb: one contour of thousands of vertices, whose Contour Data cannot have a 2-byte length
+    label = np.zeros((60, 512, 1), np.uint8)  # (columns, rows, slices)
+    label[20:40, :, 0] = 1
+    label[10:20, 0::2, 0] = 1
+    label[40:50, 0::2, 0] = 1
+    affine = np.diag([-0.9, -0.9, 2.0, 1.0])
+    affine[:3, 3] = [-240.0, -460.0, 1000.0]
+    write_dicom_series(np.zeros(label.shape), affine, tmp_path / "comb")
+    files = series_files([tmp_path / "comb"])
+    path = write_rtstruct(label, files, {1: "comb"}, tmp_path / "rt.dcm")
+    (contour,) = pydicom.dcmread(path).ROIContourSequence[0].ContourSequence
+    assert len("\\".join(map(str, contour.ContourData))) > 65535 and contour["ContourData"].VR == "DS"
+    assert np.array_equal(read_rtstruct_masks(path, files)["comb"], label == 1)
+
+
 def test_contours_lie_at_the_voxels_in_patient_space_for_a_flipped_coronal_series(tmp_path):
     # coronal slices, rows running head to feet, columns flipped (right to left), non-square
     # pixels (0.6 mm along i, 1.1 mm along j) and 3 mm slices: every axis convention shows

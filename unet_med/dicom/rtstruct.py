@@ -17,8 +17,12 @@ and sets dataset encodings that pydicom 3 deprecates. So the dataset is written 
 directly and contours are traced with scikit-image's marching squares
 (:func:`skimage.measure.find_contours` at level 0.5 on the zero-padded slice mask): every contour
 vertex lies halfway between a foreground and a background pixel centre, so filling the contours
-again (pixel centres inside, even-odd rule for holes) gives back the same mask. Collinear vertices
-are dropped (:func:`skimage.measure.approximate_polygon` with a 0.01 pixel tolerance).
+again (pixel centres inside, even-odd rule for holes) gives back the same mask. Vertices in the
+middle of straight runs are dropped (exactly, so the polygon stays the same).
+
+The file is written Implicit VR Little Endian, as planning systems write RTSTRUCTs: explicit VR
+gives DS values a 2-byte length, and the Contour Data of one large, irregular contour exceeds
+64 kB (pydicom would then store it as UN, which importers cannot read).
 
 Geometry uses each slice's own ImagePositionPatient and the series' ImageOrientationPatient and
 PixelSpacing (row spacing, column spacing), so oblique, flipped and non-square-pixel series are
@@ -79,14 +83,18 @@ def trace_slice_contours(mask: np.ndarray) -> list[np.ndarray]:
         outer boundaries and hole boundaries alike (filling with the even-odd rule gives back
         ``mask``).
     """
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     padded = np.pad(np.asarray(mask, dtype=bool), 1).astype(np.float32)  # closes contours at the border
     contours = []
     for contour in find_contours(padded, 0.5):
-        contour = approximate_polygon(contour, tolerance=0.01) - 1.0
-        if len(contour) >= 4:  # closed: the last vertex repeats the first
-            contours.append(contour[:-1])
+        contour = contour[:-1] - 1.0  # closed: the last vertex repeats the first
+        # marching-squares vertices lie on a half-pixel grid, so "straight" is an exact test
+        incoming = contour - np.roll(contour, 1, axis=0)
+        outgoing = np.roll(contour, -1, axis=0) - contour
+        turns = np.abs(incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]) > 1e-6
+        if turns.sum() >= 3:
+            contours.append(contour[turns])
     return contours
 
 
@@ -157,7 +165,7 @@ def write_rtstruct(
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
     label_map = np.asarray(label_map)
     if label_map.ndim == 2:
@@ -182,7 +190,7 @@ def write_rtstruct(
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS_UID
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     # SOP Common
