@@ -16,7 +16,13 @@ from monai.data.utils import orientation_ras_lps
 from unet_med.data.demo import DEMO_LABELS_2D, DEMO_LABELS_3D, generate_demo_dataset
 from unet_med.data.manifest import read_manifest
 from unet_med.dicom.reading import read_dicom_series
-from unet_med.dicom.rtstruct import RTSTRUCT_SOP_CLASS_UID, read_rtstruct_masks, write_rtstruct
+from unet_med.dicom.rtstruct import (
+    RTSTRUCT_SOP_CLASS_UID,
+    fill_contours,
+    read_rtstruct_masks,
+    trace_slice_contours,
+    write_rtstruct,
+)
 from unet_med.dicom.series import series_files
 from unet_med.dicom.synthetic import write_dicom_series
 
@@ -42,6 +48,24 @@ def test_round_trip_on_demo_dicom_gives_back_the_label_map(tmp_path, dims):
             assert expected.any()
             assert _dice(masks[names[value]], expected) >= 0.95
             assert np.array_equal(masks[names[value]], expected)  # marching squares: even exact
+
+
+def test_fill_contours_agrees_with_skimage_and_makes_nested_contours_holes():
+    from skimage.draw import polygon2mask
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # random star-shaped polygons, partly outside the grid
+        angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 30))))
+        radii = rng.uniform(2, 25, len(angles))
+        polygon = np.stack([20 + radii * np.sin(angles), 18 + radii * np.cos(angles)], axis=1)
+        assert np.array_equal(fill_contours([polygon], (40, 30)), polygon2mask((40, 30), polygon))
+    outer = np.array([[1.5, 1.5], [1.5, 9.5], [9.5, 9.5], [9.5, 1.5]])
+    inner = np.array([[3.5, 3.5], [3.5, 6.5], [6.5, 6.5], [6.5, 3.5]])
+    expected = np.zeros((12, 12), bool)
+    expected[2:10, 2:10] = True
+    expected[4:7, 4:7] = False
+    assert np.array_equal(fill_contours([outer, inner], (12, 12)), expected)
+    assert np.array_equal(fill_contours(trace_slice_contours(expected), (12, 12)), expected)
 
 
 def test_holes_and_touching_objects_round_trip(tmp_path, oblique_affine):
