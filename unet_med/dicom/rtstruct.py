@@ -24,6 +24,13 @@ The file is written Implicit VR Little Endian, as planning systems write RTSTRUC
 gives DS values a 2-byte length, and the Contour Data of one large, irregular contour exceeds
 64 kB (pydicom would then store it as UN, which importers cannot read).
 
+Holes (a label around another, e.g. an organ around its lesion) are written as separate contours
+nested inside the outer one, all CLOSED_PLANAR; readers combine the contours of a slice with the
+even-odd rule, as planning systems do on import (no "keyhole" cuts, no CLOSED_PLANAR_XOR, which
+older systems do not know). Contours sit on the marching-squares line, half a pixel outside the
+outer pixel centres; readers that fill every pixel a contour touches (rt-utils rounds vertices and
+fills edges) get a mask up to one pixel larger all round.
+
 Geometry uses each slice's own ImagePositionPatient and the series' ImageOrientationPatient and
 PixelSpacing (row spacing, column spacing), so oblique, flipped and non-square-pixel series are
 placed exactly: pixel (row r, column c) of slice k lies at
