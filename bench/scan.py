@@ -80,7 +80,10 @@ def stage_seconds(report_csv: Path) -> dict[str, float]:
         raise RuntimeError(f"{report_csv}: expected one segmented scan, found {frame[['scan_id', 'status']]}")
     row = ok.iloc[0]
     stages = {name: float(row[column]) for name, column in STAGES.items() if column is not None}
-    stages["write_nifti"] = float(row["seconds_write"]) - stages["qc_picture"] - stages["dicom_seg"]
+    stages["write_nifti"] = (
+        float(row["seconds_write"]) - stages["qc_picture"] - stages["dicom_seg"]
+        - float(row.get("seconds_write_rtstruct", 0.0) or 0.0)
+    )
     stages["scan"] = float(row["seconds"])
     return stages
 

@@ -7,7 +7,8 @@ the batch to MLflow. What the bundle's ``configs/inference.json`` must hold is d
 :mod:`unet_med.inference.bundle_loading`.
 
 Per scan: ``OUT_DIR/<scan_id>_seg.nii.gz`` (uint8 labels in the scan's own geometry),
-``OUT_DIR/<scan_id>_qc.png`` and, with ``--dicom-seg`` for DICOM inputs, ``OUT_DIR/<scan_id>_seg.dcm``.
+``OUT_DIR/<scan_id>_qc.png`` and, with ``--dicom-seg`` for DICOM inputs, ``OUT_DIR/<scan_id>_seg.dcm``;
+with ``--rtstruct`` for DICOM inputs, ``OUT_DIR/<scan_id>_rtstruct.dcm``.
 The NIfTI is written last and atomically, so its presence means the scan is complete: a re-run
 skips it. ``report.csv`` (``report.part-K-of-N.csv`` with ``--num-parts``) is rewritten after every
 scan. Heavy imports (torch, MONAI) happen in :func:`run`, so ``unet-med --help`` stays fast.
@@ -33,6 +34,9 @@ outputs (in OUT_DIR):
   <scan_id>_seg.nii.gz   uint8 label map in the scan's geometry (shape, spacing, origin, direction)
   <scan_id>_qc.png       a few slices with the predicted outlines
   <scan_id>_seg.dcm      DICOM SEG referencing the source series (--dicom-seg, DICOM inputs only)
+  <scan_id>_rtstruct.dcm RT Structure Set referencing the source series: one ROI per label (the
+                         bundle's class names, QC-picture colours), closed planar contours per
+                         slice in patient coordinates (--rtstruct, DICOM inputs only)
   <scan_id>_probabilities.nii.gz
                          softmax per class (--save-probabilities): 4D NIfTI (i, j, k, class), 2D
                          scans (i, j, 1, class); the scan's geometry, float16 precision stored as
@@ -44,7 +48,7 @@ outputs (in OUT_DIR):
                          own intensities: HU for CT) and components_<label> (connected components,
                          full connectivity), then the seconds per stage: seconds_load,
                          seconds_preprocess, seconds_predict, seconds_postprocess, seconds_write
-                         (of which seconds_write_qc, seconds_write_dicom_seg); one row per file or
+                         (of which seconds_write_qc, seconds_write_rtstruct, seconds_write_dicom_seg); one row per file or
                          series found, each with its own scan_id
 
 series selection (--select RULE, repeatable; all rules must hold):
@@ -156,6 +160,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_selection_arguments(parser)
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: mean over flipped inputs")
     parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG for DICOM inputs")
+    parser.add_argument(
+        "--rtstruct",
+        action="store_true",
+        help="also write an RT Structure Set (RTSTRUCT, for radiotherapy planning systems) for DICOM inputs",
+    )
     parser.add_argument("--no-qc", action="store_true", help="do not write QC pictures")
     parser.add_argument(
         "--save-probabilities",
@@ -274,7 +283,7 @@ def _run(args: argparse.Namespace) -> int:
     segmenter = BatchSegmenter.from_bundle(
         args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
         overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-        save_probabilities=args.save_probabilities, statistics=args.statistics,
+        save_probabilities=args.save_probabilities, statistics=args.statistics, rtstruct=args.rtstruct,
     )
     bundle = segmenter.bundle
     if len(bundle.checkpoints) > 1:

@@ -33,6 +33,13 @@ def test_a_scan_is_finished_when_its_label_map_is_complete_and_its_seg_exists(tm
     assert finished_segmentation(tmp_path, scan, dicom_seg=True) is None  # its DICOM SEG is missing
     (tmp_path / "ct_seg.dcm").write_bytes(b"SEG")
     assert finished_segmentation(tmp_path, scan, dicom_seg=True) is not None
+    assert finished_segmentation(tmp_path, scan, dicom_seg=True, rtstruct=True) is None  # no RTSTRUCT yet
+    (tmp_path / "ct_rtstruct.dcm").write_bytes(b"RTSTRUCT")
+    assert finished_segmentation(tmp_path, scan, dicom_seg=True, rtstruct=True) is not None
+    nifti_scan = Scan("ct", "nifti", "ct.nii.gz", [], shape=(4, 3, 2))
+    (tmp_path / "ct_rtstruct.dcm").unlink()
+    # only DICOM scans get an RTSTRUCT
+    assert finished_segmentation(tmp_path, nifti_scan, dicom_seg=True, rtstruct=True) is not None
     other_shape = Scan("ct", "dicom", "ct", [], shape=(4, 3, 3))
     assert finished_segmentation(tmp_path, other_shape, dicom_seg=False) is None
 

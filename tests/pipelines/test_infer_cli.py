@@ -417,3 +417,35 @@ def test_a_2d_batch_prints_a_progress_bar_and_a_summary_without_library_warnings
     for noise in ("axcodes", "nvImageCodec", "FutureWarning", "Warning", "WARNING"):
         assert noise not in result.stderr + result.stdout, result.stderr[-3000:]
     assert "infer: 100%" in result.stderr  # the one progress bar
+
+
+def test_rtstruct_for_dicom_inputs_reads_back_as_the_label_map(infer_bundle, infer_scans, tmp_path, capsys):
+    from unet_med.dicom.rtstruct import read_rtstruct_masks
+    from unet_med.dicom.series import series_files
+
+    out = tmp_path / "out"
+    assert _infer(infer_bundle, infer_scans, out, "--no-qc") == 0
+    capsys.readouterr()
+    # asking for RTSTRUCT later re-segments the DICOM series only (its RTSTRUCT is missing)
+    assert _infer(infer_bundle, infer_scans, out, "--no-qc", "--rtstruct") == 0
+    assert "3 scans: 1 ok, 0 failed, 2 skipped" in capsys.readouterr().out
+    report = _report(out).set_index("source")
+    stem = output_stem(report.loc["series1", "scan_id"])
+    assert sorted(p.name for p in out.glob("*_rtstruct.dcm")) == [f"{stem}_rtstruct.dcm"]  # DICOM inputs only
+    rt = pydicom.dcmread(out / f"{stem}_rtstruct.dcm")
+    assert rt.Modality == "RTSTRUCT" and rt.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3"
+    study = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    series = study.RTReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == "1.2.826.0.1.3680043.8.498.1"
+    assert [r.ROIName for r in rt.StructureSetROISequence] == ["organ", "lesion"]  # the bundle's names
+    masks = read_rtstruct_masks(out / f"{stem}_rtstruct.dcm", series_files([infer_scans / "series1"]))
+    nifti = np.asanyarray(nib.load(str(out / f"{stem}_seg.nii.gz")).dataobj)
+    assert int(report.loc["series1", "voxels_organ"]) == int(masks["organ"].sum()) > 0
+    assert np.array_equal(masks["organ"], nifti == 1) and np.array_equal(masks["lesion"], nifti == 2)
+    assert not any("SECRET" in p.name for p in out.iterdir())  # patient names never name files
+    assert _infer(infer_bundle, infer_scans, out, "--no-qc", "--rtstruct") == 0
+    assert "3 scans: 0 ok, 0 failed, 3 skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["infer", "--help"])
+    text = capsys.readouterr().out
+    assert "--rtstruct" in text and "<scan_id>_rtstruct.dcm" in text

@@ -6,6 +6,7 @@
 - :mod:`unet_med.dicom.selection`: series selection rules (``slices>=20``, ``Modality==CT``) and
   the decision per scan.
 - :mod:`unet_med.dicom.seg`: DICOM SEG objects for predicted label maps (highdicom).
+- :mod:`unet_med.dicom.rtstruct`: RT Structure Sets for predicted label maps, and reading them back.
 - :mod:`unet_med.dicom.synthetic`: a volume written as a synthetic CT/MR series (demo, tests).
 
 :mod:`unet_med.data.loading` (NIfTI, DICOM and plain images behind one MONAI reader) and

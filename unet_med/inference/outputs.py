@@ -2,10 +2,10 @@
 
 Per scan, in ``OUT_DIR``: ``<stem>_seg.nii.gz`` (uint8 labels in the scan's own geometry),
 ``<stem>_qc.png`` (a QC picture) and, for DICOM inputs on request, ``<stem>_seg.dcm`` (a DICOM SEG
-referencing the source series) and, on request, ``<stem>_probabilities.nii.gz`` (the softmax:
-:func:`write_probabilities`). The stem comes from the scan id and cannot leave ``OUT_DIR``. The
-NIfTI is written last and atomically, so its presence (readable, of the scan's shape) means the scan
-is complete.
+referencing the source series), ``<stem>_rtstruct.dcm`` (an RT Structure Set of the same series)
+and, on request, ``<stem>_probabilities.nii.gz`` (the softmax: :func:`write_probabilities`). The
+stem comes from the scan id and cannot leave ``OUT_DIR``. The NIfTI is written last and
+atomically, so its presence (readable, of the scan's shape) means the scan is complete.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "DICOM_SEG_SUFFIX",
     "PROBABILITIES_SUFFIX",
     "QC_SUFFIX",
+    "RTSTRUCT_SUFFIX",
     "SEG_SUFFIX",
     "completed_output",
     "finished_segmentation",
@@ -37,6 +38,7 @@ SEG_SUFFIX = "_seg.nii.gz"
 QC_SUFFIX = "_qc.png"
 DICOM_SEG_SUFFIX = "_seg.dcm"
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+RTSTRUCT_SUFFIX = "_rtstruct.dcm"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -79,11 +81,12 @@ def completed_output(
 
 
 def finished_segmentation(
-    out_dir: Path, scan: Scan, *, dicom_seg: bool, probabilities: bool = False
+    out_dir: Path, scan: Scan, *, dicom_seg: bool, probabilities: bool = False, rtstruct: bool = False
 ) -> tuple[np.ndarray, list[float]] | None:
     """(label map, voxel size in mm) when ``scan`` was segmented into ``out_dir`` before: its
-    NIfTI is complete and, with ``dicom_seg`` for a DICOM scan, its DICOM SEG exists (with
-    ``probabilities``, its probabilities file too); else None.
+    NIfTI is complete and, for a DICOM scan, its DICOM SEG (with ``dicom_seg``) and its RT
+    Structure Set (with ``rtstruct``) exist (with ``probabilities``, its probabilities file too);
+    else None.
 
     Raises:
         ValueError: when the scan id would give an output path outside ``out_dir``.
@@ -94,6 +97,8 @@ def finished_segmentation(
         done = done if output_path(out_dir, scan.scan_id, DICOM_SEG_SUFFIX).is_file() else None
     if done is not None and probabilities:
         done = done if output_path(out_dir, scan.scan_id, PROBABILITIES_SUFFIX).is_file() else None
+    if done is not None and rtstruct and scan.kind == "dicom":
+        done = done if output_path(out_dir, scan.scan_id, RTSTRUCT_SUFFIX).is_file() else None
     return done
 
 
@@ -128,6 +133,7 @@ def write_scan_outputs(
     algorithm_version: str = "0",
     probabilities: np.ndarray | None = None,
     seconds: dict[str, float] | None = None,
+    rtstruct: bool = False,
 ) -> Path:
     """Write the outputs of one segmented scan; the NIfTI last, so it marks the scan complete.
 
@@ -136,14 +142,17 @@ def write_scan_outputs(
         scan: the scan (its id names the files; DICOM scans' files are the SEG's source).
         label_map: uint8 labels in the scan's grid, (i, j[, k]) order.
         affine: 4x4 RAS voxel-to-world affine of the scan (mm).
-        labels: {label value: name}; the DICOM SEG's segments are the foreground labels.
+        labels: {label value: name}; the DICOM SEG's segments and the RT Structure Set's ROIs are
+            the foreground labels.
         qc_image: the scan's first channel: writes the QC picture (None: no picture).
         dicom_seg: also write a DICOM SEG when the scan is a DICOM series.
-        algorithm_name, algorithm_version: the DICOM SEG's algorithm identification.
+        algorithm_name, algorithm_version: the DICOM SEG's algorithm identification (and the
+            RT Structure Set's ROI generation description).
+        rtstruct: also write an RT Structure Set when the scan is a DICOM series.
         probabilities: the softmax ``(C, *spatial)`` in the scan's grid: writes
             ``<stem>_probabilities.nii.gz`` (:func:`write_probabilities`); None: no file.
-        seconds: filled with the wall seconds of ``write_qc`` and ``write_dicom_seg`` (0 when not
-            written).
+        seconds: filled with the wall seconds of ``write_qc``, ``write_rtstruct`` and
+            ``write_dicom_seg`` (0 when not written).
 
     Returns:
         The label map's NIfTI path.
@@ -160,6 +169,19 @@ def write_scan_outputs(
             qc_image, label_map, output_path(out_dir, scan.scan_id, QC_SUFFIX), title=scan.scan_id
         )
     seconds["write_qc"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if rtstruct and scan.kind == "dicom":
+        from unet_med.dicom.rtstruct import write_rtstruct
+
+        write_rtstruct(
+            label_map,
+            series_files(list(scan.files), f"scan {scan.scan_id}"),
+            labels,
+            output_path(out_dir, scan.scan_id, RTSTRUCT_SUFFIX),
+            algorithm_name=algorithm_name,
+            algorithm_version=algorithm_version,
+        )
+    seconds["write_rtstruct"] = time.perf_counter() - start
     start = time.perf_counter()
     if dicom_seg and scan.kind == "dicom":
         write_dicom_seg(

@@ -56,9 +56,9 @@ REPORT_NAME = "report.csv"
 # Wall seconds of each stage of a segmented scan (empty for scans not segmented in this run):
 # reading the files, preprocessing (orientation, resampling, crop, normalisation), the network
 # (inferer), post-processing and inversion back to the scan's grid (with --statistics, the
-# measurements too), writing every output; the last two are the QC picture's and the DICOM SEG's
-# share of seconds_write. The background loader overlaps load + preprocess with the previous
-# scan's prediction, so the stages can add up to more than ``seconds``.
+# measurements too), writing every output; the last three are the QC picture's, the RT Structure
+# Set's and the DICOM SEG's share of seconds_write. The background loader overlaps load +
+# preprocess with the previous scan's prediction, so the stages can add up to more than ``seconds``.
 STAGE_COLUMNS = [
     "seconds_load",
     "seconds_preprocess",
@@ -66,6 +66,7 @@ STAGE_COLUMNS = [
     "seconds_postprocess",
     "seconds_write",
     "seconds_write_qc",
+    "seconds_write_rtstruct",
     "seconds_write_dicom_seg",
 ]
 _PART_PATTERN = re.compile(r"^report\.part-(\d+)-of-(\d+)\.csv$")

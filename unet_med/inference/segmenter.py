@@ -99,6 +99,7 @@ class BatchSegmenter:
             class last, in the scan's geometry).
         statistics: add per-label intensity mean/std (original intensities, HU for CT) and
             connected-component counts to each segmented scan's report row.
+        rtstruct: also write an RT Structure Set for DICOM inputs.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class BatchSegmenter:
         overwrite: bool = False,
         save_probabilities: bool = False,
         statistics: bool = False,
+        rtstruct: bool = False,
     ) -> None:
         self.bundle = bundle
         self.qc = qc
@@ -117,6 +119,7 @@ class BatchSegmenter:
         self.overwrite = overwrite
         self.save_probabilities = save_probabilities
         self.statistics = statistics
+        self.rtstruct = rtstruct
 
     @classmethod
     def from_bundle(
@@ -132,6 +135,7 @@ class BatchSegmenter:
         overwrite: bool = False,
         save_probabilities: bool = False,
         statistics: bool = False,
+        rtstruct: bool = False,
     ) -> BatchSegmenter:
         """Load ``bundle_dir`` (see :func:`~unet_med.inference.bundle_loading.load_bundle` for
         ``checkpoint``, ``device``, ``tta``, ``overrides``) and make a segmenter of it. Several
@@ -149,6 +153,7 @@ class BatchSegmenter:
             overwrite=overwrite,
             save_probabilities=save_probabilities,
             statistics=statistics,
+            rtstruct=rtstruct,
         )
 
     # ------------------------------------------------------------------------------ one scan
@@ -189,7 +194,11 @@ class BatchSegmenter:
                 None
                 if self.overwrite
                 else finished_segmentation(
-                    out_dir, scan, dicom_seg=self.dicom_seg, probabilities=self.save_probabilities
+                    out_dir,
+                    scan,
+                    dicom_seg=self.dicom_seg,
+                    probabilities=self.save_probabilities,
+                    rtstruct=self.rtstruct,
                 )
             )
         except ValueError as exc:
@@ -229,6 +238,7 @@ class BatchSegmenter:
                 labels=self.bundle.labels,
                 qc_image=loaded.image if self.qc else None,
                 dicom_seg=self.dicom_seg,
+                rtstruct=self.rtstruct,
                 algorithm_name=self.bundle.name,
                 algorithm_version=self._algorithm_version(),
                 probabilities=loaded.probabilities,
