@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pipelines.infer import EXIT_OK, EXIT_USAGE, UsageError, add_segmenter_options, segmenter_from_args
 
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
+
 EPILOG = """\
 what is picked up (a "drop"): a NIfTI/PNG/TIFF file or a folder (DICOM series and/or NIfTI files,
   e.g. one folder per study or series as DICOM receivers write them) at the top of INBOX, once no
@@ -36,9 +38,10 @@ stopping: SIGTERM or Ctrl-C stops after the scan in progress (a second one stops
   are written atomically either way). A restart re-does nothing complete.
 
 exit codes:
-  0  stopped by SIGTERM or Ctrl-C (failed scans are in report.csv, not in the exit code)
-  2  usage error: bundle or checkpoint unusable, INBOX missing or not writable, OUT_DIR/report.csv of
-     another bundle, another unet-med watch on the same INBOX or OUT_DIR
+  0    stopped by SIGTERM or Ctrl-C (failed scans are in report.csv, not in the exit code)
+  2    usage error: bundle or checkpoint unusable, INBOX missing or not writable, OUT_DIR/report.csv
+       of another bundle, another unet-med watch on the same INBOX or OUT_DIR
+  130  interrupted by a second SIGTERM or Ctrl-C inside a scan (that scan is redone at the next start)
 """
 
 
@@ -128,6 +131,9 @@ def _run(args: argparse.Namespace) -> int:
           f"{args.output}; SIGTERM or Ctrl-C stops", flush=True)
     try:
         counts = watcher.run()
+    except KeyboardInterrupt:  # the second signal: stop inside a scan (its outputs are atomic)
+        print("interrupted: the scan in progress is redone at the next start", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

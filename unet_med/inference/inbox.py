@@ -53,6 +53,7 @@ from unet_med.data.loading import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_nifti, is_p
 from unet_med.inference.report import (
     REPORT_NAME,
     discovery_rows,
+    error_text,
     read_report,
     report_columns,
     write_report,
@@ -351,12 +352,13 @@ class InboxWatcher:
         else (e.g. an earlier ``unet-med infer``) and are overwritten; a resumed drop keeps them."""
         failed = False
         rows = self._loose_file_rows(drop) if drop.is_file() and not _is_scan_file(drop.name) else None
+        scans = []
         if rows is None:
-            discovery = discover_scans(slot)
-            rows = discovery_rows(discovery.skipped)
-            scans = discovery.scans
-        else:
-            scans = []
+            try:
+                discovery = discover_scans(slot)
+                rows, scans = discovery_rows(discovery.skipped), discovery.scans
+            except OSError as exc:  # e.g. a file without read permission: the drop fails, the watcher goes on
+                rows = [self._drop_row(drop, "failed", f"cannot be read: {error_text(exc)}")]
         if not rows and not scans:
             rows = [self._drop_row(drop, "failed", "no NIfTI file or DICOM series found in it")]
         reported = self.report.scan_ids
