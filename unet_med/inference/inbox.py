@@ -19,15 +19,16 @@ observer anyway, and its events would still need the same "quiet for N seconds" 
 
 The life of a drop, each step one ``rename`` within the inbox (atomic on POSIX and NFS)::
 
-    IN/<name>  --claim-->  IN/.work/<key>/<key>  --segment-->  IN/.done/<key>  (every scan ok/skipped)
-                                                          -->  IN/.failed/<key> (a scan failed or none found)
+    IN/<name> --claim--> IN/.work/<key>/<name'> --segment--> IN/.done/<name'>   (every scan ok/skipped)
+                                                         --> IN/.failed/<name'> (a scan failed or none found)
 
 Moving (rather than a marker file beside the input) keeps the inbox showing only what waits, keeps
 each poll's walk short however long the watcher runs, and stops a late sender from adding to a drop
-that is being segmented. ``<key>`` is the drop's name made file-name safe and unique among the drops
-already reported (a second ``case.nii.gz`` becomes ``case-2.nii.gz``), so its scan ids never
-collide with earlier results. Scan ids are those ``unet-med infer`` would give for ``IN`` (paths
-relative to the drop's ``.work`` slot); every report row's ``source`` starts with the key.
+that is being segmented. ``<name'>`` is the drop's name made file-name safe and unique among the
+drops already reported (a second ``case.nii.gz`` becomes ``case-2.nii.gz``; ``<key>`` is it without
+the scan suffix, :func:`drop_key`), so its scan ids never collide with earlier results. Scan ids
+are those ``unet-med infer`` would give for ``IN`` (paths relative to the drop's ``.work`` slot);
+every report row's ``source`` starts with ``<name'>``.
 
 Restart after a kill or a stop: drops left in ``.work`` are resumed first; a scan with a report
 row is not touched again, a scan whose outputs are complete but has no row (killed between the two)
@@ -68,6 +69,7 @@ __all__ = [
     "InboxReport",
     "InboxWatcher",
     "SettleTracker",
+    "WatchCounts",
     "drop_key",
     "drop_signature",
 ]
@@ -327,7 +329,7 @@ class InboxWatcher:
         return taken
 
     def _claim(self, name: str) -> tuple[Path, Path] | None:
-        """Move ``IN/name`` into its own slot ``IN/.work/<key>/<key>``; None if it went away."""
+        """Move ``IN/name`` into its own slot ``IN/.work/<key>/<name'>``; None if it went away."""
         taken = self.report.drop_keys() | {
             drop_key(p.name) for d in (self.work, self.done, self.failed) for p in d.iterdir()
         }
