@@ -1,6 +1,6 @@
 """``unet-med watch`` end to end: SIGTERM stops between scans and a restart finishes the drop; a
 watcher killed with SIGKILL mid-drop restarts without re-doing anything complete and leaves no
-half-written output; --help and usage errors."""
+half-written output; infer's output options (--dicom-seg) pass through; --help and usage errors."""
 
 from __future__ import annotations
 
@@ -123,12 +123,16 @@ def test_sigkill_mid_drop_then_restart_redoes_nothing_complete(infer_bundle, inf
     done_before = _segmentations(out)
     assert len(before) >= 1 and len(done_before) >= len(before)
     assert (inbox / ".work" / "batch" / "batch").is_dir()  # killed with scans of the drop to do
+    # what a kill inside atomic_output leaves (made sure of here: the kill may have hit between writes)
+    half = out / f".batch_case3_seg.nii.gz.{first.pid}.0123abcd.tmp.nii.gz"
+    half.write_bytes((infer_scans / "ct_a.nii.gz").read_bytes()[:100])
 
     # the restart (in this process: the model loads in a fraction of the subprocess's time)
     _signal_when(lambda: (inbox / ".done" / "batch").is_dir(), signal.SIGTERM)
     assert main(_watch_args(infer_bundle, inbox, out)) == 0
     text = capsys.readouterr().out
     assert "resuming batch" in text and "stopped:" in text
+    assert f"removed {half.name}" in text
     report = _rows(out)
     assert sorted(report["scan_id"]) == ids  # one row per scan, the first run's kept
     assert set(report["status"]) <= {"ok", "skipped"}  # skipped: outputs finished, row lost to the kill
@@ -159,3 +163,19 @@ def test_usage_errors_exit_2(infer_bundle, tmp_path, capsys):
     (tmp_path / "other" / "report.csv").write_text("scan_id,source,status,error,seconds,voxels_liver\n")
     assert main(_watch_args(infer_bundle, inbox, tmp_path / "other")) == 2
     assert "differ from this bundle's" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_output_options_are_infers_dicom_seg_for_a_dicom_drop(infer_bundle, infer_scans, tmp_path):
+    import pydicom
+
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(infer_scans / "series1", inbox / "study")
+    _signal_when(lambda: (inbox / ".done" / "study").is_dir(), signal.SIGTERM)
+    assert main([*_watch_args(infer_bundle, inbox, out), "--dicom-seg"]) == 0
+    (row,) = _rows(out).itertuples()
+    assert row.status == "ok"
+    seg = pydicom.dcmread(out / f"{output_stem(row.scan_id)}_seg.dcm")
+    source = pydicom.dcmread(next((inbox / ".done" / "study").iterdir()), stop_before_pixels=True)
+    assert seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
