@@ -48,8 +48,9 @@ outputs (in OUT_DIR):
                          own intensities: HU for CT) and components_<label> (connected components,
                          full connectivity), then the seconds per stage: seconds_load,
                          seconds_preprocess, seconds_predict, seconds_postprocess, seconds_write
-                         (of which seconds_write_qc, seconds_write_rtstruct, seconds_write_dicom_seg); one row per file or
-                         series found, each with its own scan_id
+                         (of which seconds_write_qc, seconds_write_rtstruct,
+                         seconds_write_dicom_seg); one row per file or series found, each with its
+                         own scan_id
 
 series selection (--select RULE, repeatable; all rules must hold):
   NAME OP VALUE          e.g. --select "Modality==CT" --select "slices>=20" --select "SliceThickness<=5"
@@ -137,46 +138,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--bundle", type=Path, help="bundle folder (with configs/inference.json)")
     parser.add_argument("--input", type=Path, metavar="SCANS_DIR", help="folder searched for scans")
     parser.add_argument("--output", type=Path, metavar="OUT_DIR", help="folder for outputs and report.csv")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the bundle's device)")
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        action="append",
-        default=None,
-        metavar="FILE_OR_FOLDER",
-        help="network weights (default: BUNDLE/models/model.pt); repeat it, or give a folder of training "
-        "runs, to segment with the ensemble (mean softmax) of several networks",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="ID=JSON",
-        help="override a config id, e.g. --set base_width=8 --set inferer#memory_budget_mb=4096 (repeatable)",
-    )
+    add_segmenter_options(parser)
     add_selection_arguments(parser)
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: mean over flipped inputs")
-    parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG for DICOM inputs")
-    parser.add_argument(
-        "--rtstruct",
-        action="store_true",
-        help="also write an RT Structure Set (RTSTRUCT, for radiotherapy planning systems) for DICOM inputs",
-    )
-    parser.add_argument("--no-qc", action="store_true", help="do not write QC pictures")
-    parser.add_argument(
-        "--save-probabilities",
-        action="store_true",
-        help="also write each scan's softmax as <scan_id>_probabilities.nii.gz (4D, class last, in the "
-        "scan's geometry)",
-    )
-    parser.add_argument(
-        "--statistics",
-        action="store_true",
-        help="add per-label intensity mean/std (HU for CT) and connected-component counts to report.csv",
-    )
     parser.add_argument("--overwrite", action="store_true", help="segment scans again even when done")
     parser.add_argument("--num-parts", type=int, default=1, help="split the scans into N parts (default 1)")
     parser.add_argument("--part-id", type=int, default=0, help="which part (0 .. N-1) this run segments")
@@ -207,6 +172,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store for --track (default: training's)")
     parser.add_argument("--experiment", default=None, help="experiment for --track (default: the training's)")
     parser.set_defaults(handler=run)
+
+
+def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the model and of what is written per scan, shared by ``unet-med infer`` and
+    ``unet-med watch``: a new output option is added here and passed on in :func:`segmenter_from_args`."""
+    parser.add_argument("--bundle", type=Path, help="bundle folder (with configs/inference.json)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the bundle's device)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE_OR_FOLDER",
+        help="network weights (default: BUNDLE/models/model.pt); repeat it, or give a folder of training "
+        "runs, to segment with the ensemble (mean softmax) of several networks",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ID=JSON",
+        help="override a config id, e.g. --set base_width=8 --set inferer#memory_budget_mb=4096 (repeatable)",
+    )
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: mean over flipped inputs")
+    parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG for DICOM inputs")
+    parser.add_argument(
+        "--rtstruct",
+        action="store_true",
+        help="also write an RT Structure Set (RTSTRUCT, for radiotherapy planning systems) for DICOM inputs",
+    )
+    parser.add_argument("--no-qc", action="store_true", help="do not write QC pictures")
+    parser.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write each scan's softmax as <scan_id>_probabilities.nii.gz (4D, class last, in the "
+        "scan's geometry)",
+    )
+    parser.add_argument(
+        "--statistics",
+        action="store_true",
+        help="add per-label intensity mean/std (HU for CT) and connected-component counts to report.csv",
+    )
+
+
+def segmenter_from_args(args: argparse.Namespace, *, overwrite: bool = False):
+    """The :class:`~unet_med.inference.BatchSegmenter` of :func:`add_segmenter_options`' arguments,
+    with the bundle loaded (its ensemble and applied plan printed).
+
+    Raises:
+        UsageError: bad ``--set``; BundleError: the bundle or checkpoint cannot be used.
+    """
+    from unet_med.inference import BatchSegmenter
+
+    segmenter = BatchSegmenter.from_bundle(
+        args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
+        overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=overwrite,
+        save_probabilities=args.save_probabilities, statistics=args.statistics, rtstruct=args.rtstruct,
+    )
+    bundle = segmenter.bundle
+    if len(bundle.checkpoints) > 1:
+        print(f"ensemble of {len(bundle.checkpoints)} checkpoints: {', '.join(map(str, bundle.checkpoints))}")
+    if bundle.plan_file is not None:
+        ids = ", ".join(sorted(bundle.plan or {})) or "none of its ids is in inference.json"
+        print(f"plan applied: {bundle.plan_file} ({ids})")
+    return segmenter
 
 
 # ---------------------------------------------------------------------------------------- command
@@ -271,7 +301,6 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"bundle folder not found: {args.bundle}")
 
     from unet_med.data.discovery import discover_scans
-    from unet_med.inference import BatchSegmenter
     from unet_med.inference.report import discovery_rows
 
     selection = selection_from_args(args, args.bundle)
@@ -280,17 +309,8 @@ def _run(args: argparse.Namespace) -> int:
         skipped = f" ({len(discovery.skipped)} files skipped, e.g. {discovery.skipped[0].path}: " \
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
         raise UsageError(f"no NIfTI files or DICOM series found under {args.input}{skipped}")
-    segmenter = BatchSegmenter.from_bundle(
-        args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
-        overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-        save_probabilities=args.save_probabilities, statistics=args.statistics, rtstruct=args.rtstruct,
-    )
+    segmenter = segmenter_from_args(args, overwrite=args.overwrite)
     bundle = segmenter.bundle
-    if len(bundle.checkpoints) > 1:
-        print(f"ensemble of {len(bundle.checkpoints)} checkpoints: {', '.join(map(str, bundle.checkpoints))}")
-    if bundle.plan_file is not None:
-        ids = ", ".join(sorted(bundle.plan or {})) or "none of its ids is in inference.json"
-        print(f"plan applied: {bundle.plan_file} ({ids})")
     if selection is not None:
         chosen = sum(1 for s in discovery.skipped if s.kind.value == "not_selected")
         print(f"series selection ({selection.origin}): {selection.describe()}; "

@@ -4,6 +4,8 @@ leaves no temporary file behind, and the temporary name keeps the format suffix.
 from __future__ import annotations
 
 import gzip
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +121,19 @@ def test_save_png_writes_a_png_whatever_the_name_and_closes_the_figure(tmp_path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
     assert [p.name for p in path.parent.iterdir()] == ["curve.img"]
+
+
+def test_stale_temporaries_are_those_of_dead_writers_only(tmp_path):
+    import subprocess
+    import sys
+
+    from unet_med.atomic_files import _temporary_name, stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    target = tmp_path / "case_seg.nii.gz"
+    mine = _temporary_name(target)
+    killed = Path(str(_temporary_name(target)).replace(f".{os.getpid()}.", f".{dead_pid}."))
+    for p in (mine, killed, tmp_path / ".hidden_note", target):
+        p.write_bytes(b"x")
+    assert stale_temporaries(tmp_path) == [killed]

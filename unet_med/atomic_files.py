@@ -11,13 +11,14 @@ matplotlib, pydicom, highdicom, ``torch.save``).
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output", "save_png"]
+__all__ = ["atomic_output", "save_png", "stale_temporaries"]
 
 # Compression suffixes that only make sense together with the suffix before them (.nii.gz, .csv.gz).
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".zip"}
@@ -101,3 +102,30 @@ def save_png(figure: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Pat
         figure.savefig(tmp, format="png", **savefig_kwargs)
     plt.close(figure)
     return path
+
+
+_TEMPORARY_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files of :func:`atomic_output` in ``folder`` whose writing process is gone (a
+    writer killed mid-write, e.g. by SIGKILL, which no ``except`` can clean up), sorted by name.
+    Files of a live process, this one included, are left out: they may still be renamed into place."""
+    found = []
+    for path in Path(folder).iterdir():
+        match = _TEMPORARY_NAME.match(path.name)
+        if match and path.is_file() and not _process_alive(int(match.group(1))):
+            found.append(path)
+    return sorted(found)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

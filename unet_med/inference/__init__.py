@@ -11,8 +11,11 @@ each scan's own geometry, QC pictures, DICOM SEG objects and a report.
 - :mod:`~unet_med.inference.outputs`: output names, the files per scan, finished-scan detection.
 - :mod:`~unet_med.inference.report`: ``report.csv`` columns, rows, merge, volumes, Dice.
 - :mod:`~unet_med.inference.references`: reference label maps from a manifest.
+- :mod:`~unet_med.inference.inbox`: :class:`~unet_med.inference.inbox.InboxWatcher`, a watched
+  inbox folder segmented scan by scan as drops settle.
 
-``unet-med infer`` (:mod:`pipelines.infer`) is the command line around it.
+``unet-med infer`` (:mod:`pipelines.infer`) and ``unet-med watch`` (:mod:`pipelines.watch`) are
+the command lines around it.
 """
 
 from unet_med.inference.bundle_loading import BundleError, InferenceBundle, load_bundle
