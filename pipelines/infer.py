@@ -72,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--bundle", type=Path, help="bundle folder (with configs/inference.json)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL_URI",
+        help="a registered MLflow model instead of --bundle: models:/NAME/VERSION or models:/NAME@ALIAS "
+        "(a training with --register_model NAME registers one); needs --tracking-uri or MLFLOW_TRACKING_URI",
+    )
     parser.add_argument("--input", type=Path, metavar="SCANS_DIR", help="folder searched for scans")
     parser.add_argument("--output", type=Path, metavar="OUT_DIR", help="folder for outputs and report.csv")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the bundle's device)")
@@ -121,7 +128,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(tag unet_med.training_run_id), in that training's store unless --tracking-uri is given; "
         "an ensemble links to its first member's training and lists every member as params",
     )
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store for --track (default: training's)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store: where --model is registered (default: $MLFLOW_TRACKING_URI) and where --track "
+        "logs (default: training's); a URI, an SQLite file or a training's output folder",
+    )
     parser.add_argument("--experiment", default=None, help="experiment for --track (default: the training's)")
     parser.set_defaults(handler=run)
 
@@ -176,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    missing = [f"--{n}" for n in ("bundle", "input", "output") if getattr(args, n) is None]
+    needed = ("input", "output") if args.model is not None else ("bundle", "input", "output")
+    missing = [f"--{n}" for n in needed if getattr(args, n) is None]
     if missing:
         raise UsageError(f"missing {', '.join(missing)} (or use --merge-reports OUT_DIR)")
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
@@ -184,8 +197,57 @@ def _run(args: argparse.Namespace) -> int:
                          f"--part-id {args.part_id} --num-parts {args.num_parts}")
     if not args.input.is_dir():
         raise UsageError(f"input folder not found: {args.input}")
+    if args.model is not None:
+        return _run_registered_model(args)
     if not args.bundle.is_dir():
         raise UsageError(f"bundle folder not found: {args.bundle}")
+    return _segment(args, args.bundle)
+
+
+def _registry_uri(args: argparse.Namespace) -> str:
+    """The store that holds ``--model``: ``--tracking-uri`` (a URI, an SQLite file or an output
+    folder holding ``mlflow.db``), else ``MLFLOW_TRACKING_URI``; checked to answer."""
+    import os
+
+    from unet_med.tracking.store import TrackingStoreError, check_tracking_store, existing_store_uri
+
+    location = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not location:
+        raise UsageError(
+            f"--model {args.model} needs the MLflow store it is registered in: pass --tracking-uri "
+            "(e.g. http://127.0.0.1:5000 or sqlite:///path/mlflow.db) or set MLFLOW_TRACKING_URI"
+        )
+    try:
+        uri = existing_store_uri(location)
+        check_tracking_store(uri)
+    except TrackingStoreError as exc:
+        raise UsageError(str(exc)) from None
+    return uri
+
+
+def _run_registered_model(args: argparse.Namespace) -> int:
+    """``--model models:/NAME/VERSION``: download the registered model's bundle folder into a
+    temporary folder and segment with it as with ``--bundle``."""
+    import tempfile
+
+    clashing = [flag for flag, value in (("--bundle", args.bundle), ("--checkpoint", args.checkpoint),
+                                         ("--track", args.track)) if value]
+    if clashing:
+        raise UsageError(f"--model brings its own bundle and weights; drop {', '.join(clashing)}")
+    uri = _registry_uri(args)
+    from unet_med.tracking.models import ModelRegistryError, download_model_bundle
+
+    with tempfile.TemporaryDirectory(prefix="unet-med-model-") as tmp:
+        try:
+            bundle_dir = download_model_bundle(args.model, uri, tmp)
+        except ModelRegistryError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"model {args.model} from {uri}")
+        return _segment(args, bundle_dir)
+
+
+def _segment(args: argparse.Namespace, bundle_dir: Path) -> int:
+    """Segment ``args.input`` into ``args.output`` with the bundle folder ``bundle_dir``."""
 
     from unet_med.data.discovery import discover_scans
     from unet_med.inference import BatchSegmenter
@@ -197,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
         raise UsageError(f"no NIfTI files or DICOM series found under {args.input}{skipped}")
     segmenter = BatchSegmenter.from_bundle(
-        args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
+        bundle_dir, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
         overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
     )
     bundle = segmenter.bundle
