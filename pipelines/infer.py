@@ -15,6 +15,8 @@ scan. Heavy imports (torch, MONAI) happen in :func:`run`, so ``unet-med --help``
 Training's preprocessing is repeated without ``--set``: the ``plan.json`` beside the checkpoint is
 applied to ``inference.json`` (``--set`` still wins). Several ``--checkpoint`` values, or a folder
 of training runs, segment with the ensemble of those networks (the mean of their softmax).
+``--model models:/NAME/VERSION`` segments with a registered MLflow model instead of a bundle folder
+(:mod:`unet_med.tracking.models`).
 """
 
 from __future__ import annotations
@@ -46,12 +48,18 @@ checkpoints and ensembles:
                          MLflow artifact and hidden folders skipped), sorted by path; a folder with
                          none: every *.pt file directly in it, sorted by name
 
+registered models (MLflow Model Registry):
+  --model models:/NAME/VERSION   or models:/NAME@ALIAS: a model a training registered with
+                         --register_model NAME; its bundle configs, weights, network.json and
+                         plan.json are downloaded from --tracking-uri (default $MLFLOW_TRACKING_URI)
+                         and used as --bundle + --checkpoint would be; no bundle folder needed
+
 exit codes:
   0  every scan ok or skipped (already segmented in OUT_DIR)
   1  at least one scan failed; its report row says why, every other scan was still segmented
   2  usage error: no scans found, bundle or inference.json missing, checkpoint missing or not a
      checkpoint, ensemble members that do not match (plans, shape arithmetic, channels),
-     bad --part-id/--num-parts
+     bad --part-id/--num-parts, a --model (name, version or alias) the store does not have
 """
 
 
