@@ -73,9 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "infer",
         help="segment every NIfTI file and DICOM series under a folder with a bundle",
         description="Segment every NIfTI file and DICOM series under SCANS_DIR with the network, "
-        "inferer and transforms of a bundle's configs/inference.json; write label maps in each "
-        "scan's geometry, QC pictures and report.csv into OUT_DIR. Re-running on the same OUT_DIR "
-        "skips scans already done.",
+        "inferer and transforms of a bundle's configs/inference.json (or of a registered MLflow model: "
+        "--model); write label maps in each scan's geometry, QC pictures and report.csv into OUT_DIR. "
+        "Re-running on the same OUT_DIR skips scans already done.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
