@@ -179,3 +179,16 @@ def test_register_model_on_a_store_without_registry_fails_before_training(
     assert f"MLflow store {server.url} has no usable Model Registry" in log
     assert "unsupported:///nowhere" in log  # what the server is configured with
     assert not (tmp_path / "run" / "models" / "model.pt").exists()  # stopped before the first epoch
+
+
+def test_model_needs_a_store_and_excludes_bundle_and_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = str(tmp_path / "out")
+    args = ["infer", "--model", f"models:/{NAME}/1", "--input", str(tmp_path), "--output", out]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs the MLflow store it is registered in" in err and "MLFLOW_TRACKING_URI" in err
+    assert main([*args, "--bundle", str(BUNDLE), "--checkpoint", "x.pt"]) == 2
+    assert "drop --bundle, --checkpoint" in capsys.readouterr().err
+    assert main([*args, "--tracking-uri", str(tmp_path / "nowhere")]) == 2
+    assert f"no MLflow store at {tmp_path / 'nowhere'}" in capsys.readouterr().err
