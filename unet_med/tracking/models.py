@@ -282,8 +282,9 @@ def check_model_registry(tracking_uri: str):
     except Exception as exc:
         detail = " ".join(str(exc).strip().splitlines()[:2])[:300] or type(exc).__name__
         raise ModelRegistryError(
-            f"{_store_text(client)} has no usable Model Registry ({detail}); --register_model needs a "
-            f"store with one: an SQLite store (sqlite:///.../mlflow.db) or `unet-med mlflow-server`"
+            f"{_store_text(client)} has no usable Model Registry ({detail}); registering a model "
+            "(--register_model) and segmenting with one (infer --model) need a store with one: an SQLite "
+            "store (sqlite:///.../mlflow.db) or `unet-med mlflow-server`"
         ) from None
     return client
 
