@@ -16,6 +16,8 @@ scan. Heavy imports (torch, MONAI) happen in :func:`run`, so ``unet-med --help``
 Training's preprocessing is repeated without ``--set``: the ``plan.json`` beside the checkpoint is
 applied to ``inference.json`` (``--set`` still wins). Several ``--checkpoint`` values, or a folder
 of training runs, segment with the ensemble of those networks (the mean of their softmax).
+``--model models:/NAME/VERSION`` segments with a registered MLflow model instead of a bundle folder
+(:mod:`unet_med.tracking.models`).
 """
 
 from __future__ import annotations
@@ -77,12 +79,19 @@ checkpoints and ensembles:
                          MLflow artifact and hidden folders skipped), sorted by path; a folder with
                          none: every *.pt file directly in it, sorted by name
 
+registered models (MLflow Model Registry):
+  --model models:/NAME/VERSION   or models:/NAME@ALIAS: a model a training registered with
+                         --register_model NAME; its bundle configs, weights, network.json and
+                         plan.json are downloaded from --tracking-uri (default $MLFLOW_TRACKING_URI)
+                         and used as --bundle + --checkpoint would be; no bundle folder needed
+
 exit codes:
   0  every scan ok or skipped (already segmented in OUT_DIR)
   1  at least one scan failed; its report row says why, every other scan was still segmented
   2  usage error: no scans found, bundle or inference.json missing, checkpoint missing or not a
      checkpoint, ensemble members that do not match (plans, shape arithmetic, channels),
-     bad --part-id/--num-parts, a --select rule (or series_selection.json) that does not parse
+     bad --part-id/--num-parts, a --select rule (or series_selection.json) that does not parse,
+     a --model (name, version or alias) the store does not have
 """
 
 
@@ -132,11 +141,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "infer",
         help="segment every NIfTI file and DICOM series under a folder with a bundle",
         description="Segment every NIfTI file and DICOM series under SCANS_DIR with the network, "
-        "inferer and transforms of a bundle's configs/inference.json; write label maps in each "
-        "scan's geometry, QC pictures and report.csv into OUT_DIR. Re-running on the same OUT_DIR "
-        "skips scans already done.",
+        "inferer and transforms of a bundle's configs/inference.json (or of a registered MLflow model: "
+        "--model); write label maps in each scan's geometry, QC pictures and report.csv into OUT_DIR. "
+        "Re-running on the same OUT_DIR skips scans already done.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL_URI",
+        help="a registered MLflow model instead of --bundle: models:/NAME/VERSION or models:/NAME@ALIAS "
+        "(a training with --register_model NAME registers one); needs --tracking-uri or MLFLOW_TRACKING_URI",
     )
     parser.add_argument("--input", type=Path, metavar="SCANS_DIR", help="folder searched for scans")
     parser.add_argument("--output", type=Path, metavar="OUT_DIR", help="folder for outputs and report.csv")
@@ -169,7 +185,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(tag unet_med.training_run_id), in that training's store unless --tracking-uri is given; "
         "an ensemble links to its first member's training and lists every member as params",
     )
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store for --track (default: training's)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store: where --model is registered (default: $MLFLOW_TRACKING_URI) and where --track "
+        "logs (default: training's); a URI, an SQLite file or a training's output folder",
+    )
     parser.add_argument("--experiment", default=None, help="experiment for --track (default: the training's)")
     parser.set_defaults(handler=run)
 
@@ -216,9 +237,10 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def segmenter_from_args(args: argparse.Namespace, *, overwrite: bool = False):
+def segmenter_from_args(args: argparse.Namespace, *, overwrite: bool = False, bundle: Path | None = None):
     """The :class:`~unet_med.inference.BatchSegmenter` of :func:`add_segmenter_options`' arguments,
-    with the bundle loaded (its ensemble and applied plan printed).
+    with the bundle loaded (its ensemble and applied plan printed); ``bundle`` replaces
+    ``args.bundle`` (e.g. a registered model's downloaded bundle folder).
 
     Raises:
         UsageError: bad ``--set``; BundleError: the bundle or checkpoint cannot be used.
@@ -226,7 +248,8 @@ def segmenter_from_args(args: argparse.Namespace, *, overwrite: bool = False):
     from unet_med.inference import BatchSegmenter
 
     segmenter = BatchSegmenter.from_bundle(
-        args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
+        bundle if bundle is not None else args.bundle, checkpoint=args.checkpoint, device=args.device,
+        tta=args.tta,
         overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=overwrite,
         save_probabilities=args.save_probabilities, statistics=args.statistics, rtstruct=args.rtstruct,
     )
@@ -289,7 +312,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    missing = [f"--{n}" for n in ("bundle", "input", "output") if getattr(args, n) is None]
+    needed = ("input", "output") if args.model is not None else ("bundle", "input", "output")
+    missing = [f"--{n}" for n in needed if getattr(args, n) is None]
     if missing:
         raise UsageError(f"missing {', '.join(missing)} (or use --merge-reports OUT_DIR)")
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
@@ -297,19 +321,68 @@ def _run(args: argparse.Namespace) -> int:
                          f"--part-id {args.part_id} --num-parts {args.num_parts}")
     if not args.input.is_dir():
         raise UsageError(f"input folder not found: {args.input}")
+    if args.model is not None:
+        return _run_registered_model(args)
     if not args.bundle.is_dir():
         raise UsageError(f"bundle folder not found: {args.bundle}")
+    return _segment(args, args.bundle)
+
+
+def _registry_uri(args: argparse.Namespace) -> str:
+    """The store that holds ``--model``: ``--tracking-uri`` (a URI, an SQLite file or an output
+    folder holding ``mlflow.db``), else ``MLFLOW_TRACKING_URI``; checked to answer."""
+    import os
+
+    from unet_med.tracking.store import TrackingStoreError, check_tracking_store, existing_store_uri
+
+    location = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not location:
+        raise UsageError(
+            f"--model {args.model} needs the MLflow store it is registered in: pass --tracking-uri "
+            "(e.g. http://127.0.0.1:5000 or sqlite:///path/mlflow.db) or set MLFLOW_TRACKING_URI"
+        )
+    try:
+        uri = existing_store_uri(location)
+        check_tracking_store(uri)
+    except TrackingStoreError as exc:
+        raise UsageError(str(exc)) from None
+    return uri
+
+
+def _run_registered_model(args: argparse.Namespace) -> int:
+    """``--model models:/NAME/VERSION``: download the registered model's bundle folder into a
+    temporary folder and segment with it as with ``--bundle``."""
+    import tempfile
+
+    clashing = [flag for flag, value in (("--bundle", args.bundle), ("--checkpoint", args.checkpoint),
+                                         ("--track", args.track)) if value]
+    if clashing:
+        raise UsageError(f"--model brings its own bundle and weights; drop {', '.join(clashing)}")
+    uri = _registry_uri(args)
+    from unet_med.tracking.models import ModelRegistryError, download_model_bundle
+
+    with tempfile.TemporaryDirectory(prefix="unet-med-model-") as tmp:
+        try:
+            bundle_dir = download_model_bundle(args.model, uri, tmp)
+        except ModelRegistryError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"model {args.model} from {uri}")
+        return _segment(args, bundle_dir)
+
+
+def _segment(args: argparse.Namespace, bundle_dir: Path) -> int:
+    """Segment ``args.input`` into ``args.output`` with the bundle folder ``bundle_dir``."""
 
     from unet_med.data.discovery import discover_scans
     from unet_med.inference.report import discovery_rows
 
-    selection = selection_from_args(args, args.bundle)
+    selection = selection_from_args(args, bundle_dir)
     discovery = discover_scans(args.input, selection)
     if not discovery.scans and not discovery_rows(discovery.skipped):
         skipped = f" ({len(discovery.skipped)} files skipped, e.g. {discovery.skipped[0].path}: " \
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
         raise UsageError(f"no NIfTI files or DICOM series found under {args.input}{skipped}")
-    segmenter = segmenter_from_args(args, overwrite=args.overwrite)
+    segmenter = segmenter_from_args(args, overwrite=args.overwrite, bundle=bundle_dir)
     bundle = segmenter.bundle
     if selection is not None:
         chosen = sum(1 for s in discovery.skipped if s.kind.value == "not_selected")

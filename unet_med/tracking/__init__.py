@@ -6,6 +6,7 @@
 | :mod:`~unet_med.tracking.run_record` | ``mlflow_run.json``, run names, shared tags, params as text |
 | :mod:`~unet_med.tracking.tracker` | :class:`MLflowTracker`, the Ignite handler of a training run |
 | :mod:`~unet_med.tracking.linked_runs` | evaluation and batch-inference runs linked to a training |
+| :mod:`~unet_med.tracking.models` | best model as MLflow model, ``--register_model``, ``infer --model`` |
 | :mod:`~unet_med.tracking.comparison` | ``unet-med runs compare``: runs table and validation curves |
 | :mod:`~unet_med.tracking.server` | ``unet-med mlflow-server``: an ``mlflow server`` child process |
 
