@@ -14,7 +14,15 @@ import sys
 import threading
 from pathlib import Path
 
-from pipelines.infer import EXIT_OK, EXIT_USAGE, UsageError, add_segmenter_options, segmenter_from_args
+from pipelines.infer import (
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_segmenter_options,
+    add_selection_arguments,
+    segmenter_from_args,
+    selection_from_args,
+)
 
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
 
@@ -74,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds between two looks at INBOX (default: settle / 5, at most 1)",
     )
     add_segmenter_options(parser)
+    add_selection_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -108,11 +117,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from unet_med.inference.inbox import InboxWatcher
 
+    selection = selection_from_args(args, args.bundle)
     segmenter = segmenter_from_args(args)
+    if selection is not None:
+        print(f"series selection ({selection.origin}): {selection.describe()}")
     stop = threading.Event()
     try:
         watcher = InboxWatcher(
-            segmenter, args.inbox, args.output, settle_s=args.settle, poll_s=poll, stop=stop
+            segmenter, args.inbox, args.output, settle_s=args.settle, poll_s=poll, stop=stop,
+            selection=selection,
         )
     except ValueError as exc:  # a report of another bundle
         raise UsageError(str(exc)) from None

@@ -84,10 +84,15 @@ def _rows(out: Path) -> pd.DataFrame:
 class RunningWatcher:
     """An :class:`InboxWatcher` polling in a background thread (settle and poll in seconds)."""
 
-    def __init__(self, bundle: Path, inbox: Path, out: Path, settle: float, poll: float = 0.05) -> None:
-        segmenter = BatchSegmenter.from_bundle(bundle, qc=False)
+    def __init__(
+        self, bundle: Path, inbox: Path, out: Path, settle: float, poll: float = 0.05, **options: object
+    ) -> None:
+        selection = options.pop("selection", None)
+        segmenter = BatchSegmenter.from_bundle(bundle, qc=False, **options)
         self.log = io.StringIO()
-        self.watcher = InboxWatcher(segmenter, inbox, out, settle_s=settle, poll_s=poll, log=self.log)
+        self.watcher = InboxWatcher(
+            segmenter, inbox, out, settle_s=settle, poll_s=poll, log=self.log, selection=selection
+        )
         self.thread = threading.Thread(target=self.watcher.run, daemon=True)
         self.thread.start()
 
@@ -102,8 +107,8 @@ def watched(infer_bundle, tmp_path):
     """``start(settle)``: a watcher of ``tmp_path/in`` into ``tmp_path/out``; stopped at the end."""
     started = []
 
-    def start(settle: float) -> RunningWatcher:
-        started.append(RunningWatcher(infer_bundle, tmp_path / "in", tmp_path / "out", settle))
+    def start(settle: float, **options: object) -> RunningWatcher:
+        started.append(RunningWatcher(infer_bundle, tmp_path / "in", tmp_path / "out", settle, **options))
         return started[-1]
 
     (tmp_path / "in").mkdir()
@@ -176,3 +181,21 @@ def test_a_second_watcher_on_the_same_inbox_is_refused(infer_bundle, tmp_path):
         InboxWatcher(segmenter, tmp_path / "in", tmp_path / "out2", log=io.StringIO())
     first.close()
     InboxWatcher(segmenter, tmp_path / "in", tmp_path / "out2", log=io.StringIO()).close()
+
+
+@pytest.mark.slow
+def test_selection_rules_and_statistics_apply_to_what_the_inbox_receives(infer_scans, watched, tmp_path):
+    from unet_med.dicom.selection import parse_rules
+
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    shutil.copyfile(infer_scans / "ct_a.nii.gz", inbox / "ct_a.nii.gz")  # 9 slices
+    shutil.copyfile(infer_scans / "sub" / "ct_b.nii.gz", inbox / "ct_b.nii.gz")  # 7 slices
+    running = watched(0.2, selection=parse_rules(["slices>=8"]), statistics=True)
+    _wait_for(lambda: len(_rows(out)) == 2, what="two rows")
+    running.stop()
+    report = _rows(out).set_index("scan_id")
+    assert report.loc["ct_a", "status"] == "ok" and report.loc["ct_a", "selection"] == "selected"
+    assert report.loc["ct_a", "components_organ"] >= 1  # --statistics columns in the inbox's report
+    assert report.loc["ct_b", "status"] == "skipped"
+    assert report.loc["ct_b", "selection"] == "not selected: slices>=8 (found 7)"
+    assert not (out / "ct_b_seg.nii.gz").exists()

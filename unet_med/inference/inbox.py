@@ -51,6 +51,7 @@ from typing import Any, TextIO
 from unet_med.atomic_files import stale_temporaries
 from unet_med.data.discovery import discover_scans, safe_scan_id
 from unet_med.data.loading import IMAGE_SUFFIXES, NIFTI_SUFFIXES, is_nifti, is_plain_image
+from unet_med.dicom.selection import SeriesSelection
 from unet_med.inference.report import (
     REPORT_NAME,
     discovery_rows,
@@ -181,12 +182,12 @@ class InboxReport:
         ValueError: the existing report has other columns (another bundle's labels).
     """
 
-    def __init__(self, path: Path, labels: Mapping[int, str]) -> None:
-        self.path, self.labels = path, labels
+    def __init__(self, path: Path, labels: Mapping[int, str], *, statistics: bool = False) -> None:
+        self.path, self.labels, self.statistics = path, labels, statistics
         self.rows: list[dict[str, Any]] = []
         if path.is_file():
             frame = read_report(path)
-            expected = report_columns(labels)
+            expected = report_columns(labels, statistics=statistics)
             if list(frame.columns) != expected:
                 raise ValueError(
                     f"{path}: columns {list(frame.columns)} differ from this bundle's {expected}; "
@@ -206,7 +207,7 @@ class InboxReport:
 
     def add(self, row: Mapping[str, Any]) -> None:
         self.rows.append(dict(row))
-        write_report(self.rows, self.path, self.labels)
+        write_report(self.rows, self.path, self.labels, statistics=self.statistics)
 
 
 def _is_nan(value: Any) -> bool:
@@ -235,6 +236,8 @@ class InboxWatcher:
             while idle, never inside one (a scan in progress is finished first).
         log: where one line per event goes (stdout by default); only scan ids and drop keys are
             printed, never DICOM tags.
+        selection: series selection rules (``--select`` or the bundle's defaults): a scan that
+            fails them gets a ``skipped`` row saying which rule, as with ``unet-med infer``.
 
     Raises:
         InboxBusyError: another watcher holds ``inbox`` or ``out_dir``.
@@ -251,8 +254,10 @@ class InboxWatcher:
         poll_s: float = 1.0,
         stop: threading.Event | None = None,
         log: TextIO | None = None,
+        selection: SeriesSelection | None = None,
     ) -> None:
         self.segmenter = segmenter
+        self.selection = selection
         self.inbox, self.out_dir = Path(inbox), Path(out_dir)
         self.work, self.done, self.failed = (self.inbox / d for d in (WORK_DIR, DONE_DIR, FAILED_DIR))
         self.tracker = SettleTracker(settle_s)
@@ -263,7 +268,9 @@ class InboxWatcher:
         for folder in (self.out_dir, self.work, self.done, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self._locks = [self._lock(self.inbox), self._lock(self.out_dir)]
-        self.report = InboxReport(self.out_dir / REPORT_NAME, segmenter.bundle.labels)
+        self.report = InboxReport(
+            self.out_dir / REPORT_NAME, segmenter.bundle.labels, statistics=segmenter.statistics
+        )
         for tmp in stale_temporaries(self.out_dir):  # a killed run's; never taken for outputs
             tmp.unlink(missing_ok=True)
             self._say(f"removed {tmp.name} (a temporary file of a killed writer)")
@@ -357,7 +364,7 @@ class InboxWatcher:
         scans = []
         if rows is None:
             try:
-                discovery = discover_scans(slot)
+                discovery = discover_scans(slot, self.selection)
                 rows, scans = discovery_rows(discovery.skipped), discovery.scans
             except OSError as exc:  # e.g. a file without read permission: the drop fails, the watcher goes on
                 rows = [self._drop_row(drop, "failed", f"cannot be read: {error_text(exc)}")]
