@@ -21,6 +21,7 @@ table, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import tempfile
@@ -80,9 +81,10 @@ def stage_seconds(report_csv: Path) -> dict[str, float]:
         raise RuntimeError(f"{report_csv}: expected one segmented scan, found {frame[['scan_id', 'status']]}")
     row = ok.iloc[0]
     stages = {name: float(row[column]) for name, column in STAGES.items() if column is not None}
+    rtstruct = float(row.get("seconds_write_rtstruct", 0.0))  # not written by this benchmark
     stages["write_nifti"] = (
         float(row["seconds_write"]) - stages["qc_picture"] - stages["dicom_seg"]
-        - float(row.get("seconds_write_rtstruct", 0.0) or 0.0)
+        - (0.0 if math.isnan(rtstruct) else rtstruct)
     )
     stages["scan"] = float(row["seconds"])
     return stages
