@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.runs",
     "pipelines.mlflow_server",
     "pipelines.infer",
+    "pipelines.export",
 )
 
 

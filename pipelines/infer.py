@@ -46,6 +46,14 @@ checkpoints and ensembles:
                          MLflow artifact and hidden folders skipped), sorted by path; a folder with
                          none: every *.pt file directly in it, sorted by name
 
+exported models (unet-med export):
+  --bundle EXPORT_DIR    a folder written by unet-med export (model.onnx or model.ts + export.json)
+                         segments with the exported network through the same preprocessing,
+                         overlap-tile inferer, postprocessing and outputs; no bundle or checkpoint
+  --engine ENGINE        pytorch (a bundle folder), onnxruntime (an ONNX export: needs
+                         pip install 'unet-med[onnx]') or torchscript (a TorchScript export);
+                         default: pytorch for a bundle, the export's own engine for an export
+
 exit codes:
   0  every scan ok or skipped (already segmented in OUT_DIR)
   1  at least one scan failed; its report row says why, every other scan was still segmented
@@ -71,7 +79,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--bundle", type=Path, help="bundle folder (with configs/inference.json)")
+    parser.add_argument(
+        "--bundle", type=Path,
+        help="bundle folder (with configs/inference.json), or an export folder written by unet-med export",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine", choices=("pytorch", "onnxruntime", "torchscript"), default=None,
+        help="what runs the network (default: pytorch for a bundle, the export's engine for an export "
+        "folder)",
+    )  # fmt: skip
     parser.add_argument("--input", type=Path, metavar="SCANS_DIR", help="folder searched for scans")
     parser.add_argument("--output", type=Path, metavar="OUT_DIR", help="folder for outputs and report.csv")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the bundle's device)")
@@ -196,10 +212,13 @@ def _run(args: argparse.Namespace) -> int:
         skipped = f" ({len(discovery.skipped)} files skipped, e.g. {discovery.skipped[0].path}: " \
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
         raise UsageError(f"no NIfTI files or DICOM series found under {args.input}{skipped}")
-    segmenter = BatchSegmenter.from_bundle(
-        args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
-        overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-    )
+    segmenter = _exported_segmenter(args)
+    if segmenter is None:
+        segmenter = BatchSegmenter.from_bundle(
+            args.bundle, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
+            overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg,
+            overwrite=args.overwrite,
+        )
     bundle = segmenter.bundle
     if len(bundle.checkpoints) > 1:
         print(f"ensemble of {len(bundle.checkpoints)} checkpoints: {', '.join(map(str, bundle.checkpoints))}")
@@ -230,6 +249,30 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"MLflow run {run_id} in {tracking.tracking_uri}")
     return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _exported_segmenter(args: argparse.Namespace):
+    """A segmenter over the exported model when ``--bundle`` is an export folder (None for a
+    bundle folder with the PyTorch engine); the engine and the folder must match."""
+    from unet_med.export import is_export_folder, load_export
+    from unet_med.inference import BatchSegmenter
+
+    if not is_export_folder(args.bundle):
+        if args.engine not in (None, "pytorch"):
+            raise UsageError(
+                f"--engine {args.engine} runs an exported model: {args.bundle} is not an export folder (no "
+                f"export.json); write one with: unet-med export --bundle {args.bundle} --output DIR"
+            )
+        return None
+    if args.engine == "pytorch":
+        raise UsageError(f"{args.bundle} is an export folder: use --engine onnxruntime or torchscript, "
+                         f"or --bundle BUNDLE_DIR for PyTorch")
+    if args.checkpoint:
+        raise UsageError(f"--checkpoint does not apply to an export folder ({args.bundle} holds its network)")
+    bundle = load_export(args.bundle, engine=args.engine, device=args.device, tta=args.tta,
+                         overrides=_overrides(args.set))
+    print(f"exported model: {bundle.checkpoints[0]} ({type(bundle.network).__name__})")
+    return BatchSegmenter(bundle, qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite)
 
 
 def _ensemble_params(checkpoints: Sequence[Path]) -> dict[str, Any]:
