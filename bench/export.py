@@ -29,31 +29,9 @@ import torch
 
 from bench.measure import emit_figures, format_table, interleaved_seconds, machine_description
 from unet_med.export.runtime import OnnxRuntimeNetwork
-from unet_med.export.writing import export_network, legal_size_rule
-from unet_med.inferers import OverlapTileInferer, _Geometry
+from unet_med.export.writing import export_network, network_document
+from unet_med.inferers import OverlapTileInferer
 from unet_med.networks import create_unet
-from unet_med.networks.shapes import context_margin, min_input_size
-
-
-def export_document(network: torch.nn.Module) -> dict:
-    """The ``export.json`` fields :class:`OnnxRuntimeNetwork` reads, for a network exported here."""
-    inferer = OverlapTileInferer()
-    dims = network.spatial_dims
-    geometry = _Geometry(network, dims)
-    per_voxel = inferer._activation_bytes_per_voxel(network, geometry, network.in_channels, None)
-    smallest, period = legal_size_rule(network.spec)
-    return {
-        "spatial_dims": dims,
-        "in_channels": network.in_channels,
-        "out_channels": network.out_channels,
-        "network": network.config,
-        "sizes": {
-            "activation_bytes_per_voxel": per_voxel,
-            "smallest_input": list(min_input_size(1, network.spec) * dims),
-            "margin": list(context_margin(network.spec) * dims),
-            "period": period,
-        },
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         export_network(network, model_file, "onnx")
         export_s = time.perf_counter() - start
-        onnx_network = OnnxRuntimeNetwork(model_file, export_document(network))
+        onnx_network = OnnxRuntimeNetwork(model_file, network_document(network))
 
         volume = torch.rand((1, 1, *args.volume), generator=torch.Generator().manual_seed(1))
         inferer = OverlapTileInferer()

@@ -47,6 +47,7 @@ __all__ = [
     "export_bundle",
     "export_network",
     "legal_size_rule",
+    "network_document",
     "require_onnx",
 ]
 
@@ -232,6 +233,43 @@ def export_network(network: Any, path: str | Path, fmt: str) -> float:
     return float((got - expected).abs().max())
 
 
+def network_document(network: Any) -> dict[str, Any]:
+    """The fields of ``export.json`` that describe a :class:`~unet_med.networks.UNet`:
+    ``spatial_dims``, ``in_channels``, ``out_channels``, ``sizes`` (voxels: smallest input and
+    output, pooling period, margin per side, the rule of legal input sizes, and the peak bytes of
+    one tile per input voxel for the inferer's memory budget) and ``network`` (its architecture)."""
+    from unet_med.inferers import OverlapTileInferer, _Geometry
+    from unet_med.networks.shapes import context_margin, min_input_size, valid_output_size
+
+    spec, dims = network.spec, int(network.spatial_dims)
+    smallest, period = legal_size_rule(spec)
+    # the inferer's own measurement (PeakMemory on the PyTorch network): it cannot look inside
+    # ONNX Runtime, so the exported engines carry this figure
+    bytes_per_voxel = OverlapTileInferer()._activation_bytes_per_voxel(
+        network, _Geometry(network, dims), network.in_channels, None
+    )
+    smallest_input = min_input_size(1, spec) * dims
+    margin = context_margin(spec)[0]
+    return {
+        "spatial_dims": dims,
+        "in_channels": int(network.in_channels),
+        "out_channels": int(network.out_channels),
+        "sizes": {
+            "padding": spec.padding,
+            "poolings": spec.poolings,
+            "period": period,
+            "smallest_input": list(smallest_input),
+            "smallest_output": list(valid_output_size(smallest_input, spec)),
+            "margin": [margin] * dims,
+            "legal_input": f"{smallest} + {period} * n voxels per spatial axis (n >= 0); output = input - "
+                           f"{2 * margin}; the ONNX graph names each spatial axis "
+                           f"{period}*k + {smallest - period} (k >= 1)",
+            "activation_bytes_per_voxel": round(bytes_per_voxel, 3),
+        },
+        "network": dict(network.config),
+    }
+
+
 def export_bundle(
     bundle_dir: str | Path,
     output_dir: str | Path,
@@ -251,8 +289,6 @@ def export_bundle(
     from unet_med import __version__
     from unet_med.data.writing import write_json
     from unet_med.inference.bundle_loading import checkpoint_files, inference_parser, load_bundle
-    from unet_med.inferers import OverlapTileInferer, _Geometry
-    from unet_med.networks.shapes import context_margin, min_input_size, valid_output_size
 
     if fmt not in FORMATS:
         raise BundleError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
@@ -274,12 +310,6 @@ def export_bundle(
 
     model_file = output_dir / MODEL_FILES[fmt]
     difference = export_network(network, model_file, fmt)
-    smallest, period = legal_size_rule(spec)
-    dims = network.spatial_dims
-    bytes_per_voxel = OverlapTileInferer()._activation_bytes_per_voxel(
-        network, _Geometry(network, dims), network.in_channels, None
-    )
-    smallest_input = min_input_size(1, spec) * dims
     document = {
         "format": fmt,
         "model_file": model_file.name,
@@ -292,28 +322,13 @@ def export_bundle(
             "checkpoint": str(found[0].resolve()),
             "checkpoint_sha256": _sha256(found[0]),
         },
-        "spatial_dims": dims,
-        "in_channels": int(network.in_channels),
-        "out_channels": int(network.out_channels),
+        **network_document(network),
         "labels": {str(k): v for k, v in sorted(bundle.labels.items())},
         "input": {"name": "image", "layout": "(batch, channels, *spatial) float32, channels-first, "
                   "spatial axes in the preprocessed (RAS, resampled) grid"},
         "output": {"name": "logits", "layout": "(batch, out_channels, *spatial) float32 logits (no softmax)"},
         "preprocessing": _preprocessing_summary(parser),
-        "sizes": {
-            "padding": spec.padding,
-            "poolings": spec.poolings,
-            "period": period,
-            "smallest_input": list(smallest_input),
-            "smallest_output": list(valid_output_size(smallest_input, spec)),
-            "margin": list(context_margin(spec) * dims),
-            "legal_input": f"{smallest} + {period} * n voxels per spatial axis (n >= 0); output = input - "
-                           f"{2 * context_margin(spec)[0]}; the ONNX graph names each spatial axis "
-                           f"{period}*k + {smallest - period} (k >= 1)",
-            "activation_bytes_per_voxel": round(bytes_per_voxel, 3),
-        },
         "plan": plan,
-        "network": network.config if hasattr(network, "config") else None,
         "config": exported_config(parser),
         "verified": {"input_size": list(_example_input(network).shape), "max_abs_difference": difference},
     }
