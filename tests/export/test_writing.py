@@ -74,6 +74,17 @@ def test_export_json_holds_labels_plan_sizes_and_a_config_that_rebuilds_the_prep
     assert loaded.network.activation_bytes_per_voxel == sizes["activation_bytes_per_voxel"]
 
 
+def test_the_training_run_record_travels_with_the_export(trained_bundle, tmp_path):
+    from unet_med.tracking.linked_runs import training_run_for_checkpoint
+    from unet_med.tracking.run_record import write_run_record
+
+    bundle, checkpoint = trained_bundle
+    write_run_record(checkpoint.parent.parent, tracking_uri="sqlite:///x.db", experiment_id="1", run_id="abc")
+    result = export_bundle(bundle, tmp_path / "deploy" / "export", fmt="torchscript", checkpoint=checkpoint)
+    record = training_run_for_checkpoint(result.model_file)  # what `unet-med infer --track` links to
+    assert record is not None and record.run_id == "abc"
+
+
 def test_export_folder_overrides_and_engine_mismatch(trained_bundle, tmp_path):
     bundle, checkpoint = trained_bundle
     export_bundle(bundle, tmp_path / "export", fmt="torchscript", checkpoint=checkpoint)

@@ -18,6 +18,9 @@
 - ``verified``: the largest difference between the exported network's and PyTorch's logits on a
   random tile at export time.
 
+The training's ``mlflow_run.json`` (when there is one next to the checkpoint) is copied into the
+folder, so ``unet-med infer --track`` on the export links to that training run.
+
 The ONNX graph comes from ``torch.onnx.export(dynamo=True)`` (``torch.export``; the translation
 needs ``onnxscript``). Its batch axis is free and each spatial axis is the symbolic size
 ``period * k + (smallest_input - period)`` with ``k >= 1``: the legal sizes of a valid-convolution
@@ -29,9 +32,9 @@ naming the nearest legal sizes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,14 +164,6 @@ def _preprocessing_summary(parser: Any) -> dict[str, Any]:
     return summary
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _example_input(network: Any, batch: int = 2) -> Any:
     """A random input of legal, pairwise different sizes k = 2, 3, ... periods above the smallest
     (``torch.export`` treats sizes 0 and 1 and equal sizes specially)."""
@@ -287,8 +282,11 @@ def export_bundle(
             are not exported), a network without size arithmetic, missing ONNX packages.
     """
     from unet_med import __version__
+    from unet_med.atomic_files import atomic_output
     from unet_med.data.writing import write_json
     from unet_med.inference.bundle_loading import checkpoint_files, inference_parser, load_bundle
+    from unet_med.tracking.linked_runs import file_sha256, training_run_for_checkpoint
+    from unet_med.tracking.run_record import RUN_FILE
 
     if fmt not in FORMATS:
         raise BundleError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
@@ -313,14 +311,14 @@ def export_bundle(
     document = {
         "format": fmt,
         "model_file": model_file.name,
-        "model_sha256": _sha256(model_file),
+        "model_sha256": file_sha256(model_file),
         "engine": ENGINES[fmt],
         "exported_by": f"unet-med {__version__}",
         "source": {
             "bundle": bundle.name,
             "bundle_version": bundle.version,
             "checkpoint": str(found[0].resolve()),
-            "checkpoint_sha256": _sha256(found[0]),
+            "checkpoint_sha256": file_sha256(found[0]),
         },
         **network_document(network),
         "labels": {str(k): v for k, v in sorted(bundle.labels.items())},
@@ -332,5 +330,12 @@ def export_bundle(
         "config": exported_config(parser),
         "verified": {"input_size": list(_example_input(network).shape), "max_abs_difference": difference},
     }
+    if training_run_for_checkpoint(found[0]) is not None:
+        # the training's run record travels along, so `unet-med infer --track` links to that run
+        for folder in (found[0].parent.parent, found[0].parent):
+            if (folder / RUN_FILE).is_file():
+                with atomic_output(output_dir / RUN_FILE) as tmp:
+                    shutil.copyfile(folder / RUN_FILE, tmp)
+                break
     export_file = write_json(_jsonable(document), output_dir / EXPORT_FILE)
     return ExportResult(model_file=model_file, export_file=export_file, document=document)
