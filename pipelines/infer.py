@@ -12,6 +12,10 @@ The NIfTI is written last and atomically, so its presence means the scan is comp
 skips it. ``report.csv`` (``report.part-K-of-N.csv`` with ``--num-parts``) is rewritten after every
 scan. Heavy imports (torch, MONAI) happen in :func:`run`, so ``unet-med --help`` stays fast.
 
+``--bundle`` may also be a folder written by ``unet-med export`` (:mod:`pipelines.export`): the
+exported network then runs in ONNX Runtime or TorchScript (``--engine``) through the same
+preprocessing, inferer, post-processing and outputs (:func:`unet_med.export.load_export`).
+
 Training's preprocessing is repeated without ``--set``: the ``plan.json`` beside the checkpoint is
 applied to ``inference.json`` (``--set`` still wins). Several ``--checkpoint`` values, or a folder
 of training runs, segment with the ensemble of those networks (the mean of their softmax).
