@@ -49,6 +49,7 @@ __all__ = [
     "ExportResult",
     "export_bundle",
     "export_network",
+    "exported_config",
     "legal_size_rule",
     "network_document",
     "require_onnx",
