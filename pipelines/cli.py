@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.mlflow_server",
     "pipelines.infer",
     "pipelines.watch",
+    "pipelines.export",
 )
 
 

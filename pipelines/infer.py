@@ -13,6 +13,10 @@ The NIfTI is written last and atomically, so its presence means the scan is comp
 skips it. ``report.csv`` (``report.part-K-of-N.csv`` with ``--num-parts``) is rewritten after every
 scan. Heavy imports (torch, MONAI) happen in :func:`run`, so ``unet-med --help`` stays fast.
 
+``--bundle`` may also be a folder written by ``unet-med export`` (:mod:`pipelines.export`): the
+exported network then runs in ONNX Runtime or TorchScript (``--engine``) through the same
+preprocessing, inferer, post-processing and outputs (:func:`unet_med.export.load_export`).
+
 Training's preprocessing is repeated without ``--set``: the ``plan.json`` beside the checkpoint is
 applied to ``inference.json`` (``--set`` still wins). Several ``--checkpoint`` values, or a folder
 of training runs, segment with the ensemble of those networks (the mean of their softmax).
@@ -85,6 +89,14 @@ registered models (MLflow Model Registry):
                          plan.json are downloaded from --tracking-uri (default $MLFLOW_TRACKING_URI)
                          and used as --bundle + --checkpoint would be; no bundle folder needed
 
+exported models (unet-med export):
+  --bundle EXPORT_DIR    a folder written by unet-med export (model.onnx or model.ts + export.json)
+                         segments with the exported network through the same preprocessing,
+                         overlap-tile inferer, postprocessing and outputs; no bundle or checkpoint
+  --engine ENGINE        pytorch (a bundle folder), onnxruntime (an ONNX export: needs
+                         pip install 'unet-med[onnx]') or torchscript (a TorchScript export);
+                         default: pytorch for a bundle, the export's own engine for an export
+
 exit codes:
   0  every scan ok or skipped (already segmented in OUT_DIR)
   1  at least one scan failed; its report row says why, every other scan was still segmented
@@ -154,6 +166,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a registered MLflow model instead of --bundle: models:/NAME/VERSION or models:/NAME@ALIAS "
         "(a training with --register_model NAME registers one); needs --tracking-uri or MLFLOW_TRACKING_URI",
     )
+    parser.add_argument(
+        "--engine", choices=("pytorch", "onnxruntime", "torchscript"), default=None,
+        help="what runs the network (default: pytorch for a bundle, the export's engine for an export "
+        "folder)",
+    )  # fmt: skip
     parser.add_argument("--input", type=Path, metavar="SCANS_DIR", help="folder searched for scans")
     parser.add_argument("--output", type=Path, metavar="OUT_DIR", help="folder for outputs and report.csv")
     add_segmenter_options(parser)
@@ -198,7 +215,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     """The options of the model and of what is written per scan, shared by ``unet-med infer`` and
     ``unet-med watch``: a new output option is added here and passed on in :func:`segmenter_from_args`."""
-    parser.add_argument("--bundle", type=Path, help="bundle folder (with configs/inference.json)")
+    parser.add_argument(
+        "--bundle", type=Path,
+        help="bundle folder (with configs/inference.json), or an export folder written by unet-med export",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the bundle's device)")
     parser.add_argument(
         "--checkpoint",
@@ -382,7 +402,9 @@ def _segment(args: argparse.Namespace, bundle_dir: Path) -> int:
         skipped = f" ({len(discovery.skipped)} files skipped, e.g. {discovery.skipped[0].path}: " \
                   f"{discovery.skipped[0].reason})" if discovery.skipped else ""
         raise UsageError(f"no NIfTI files or DICOM series found under {args.input}{skipped}")
-    segmenter = segmenter_from_args(args, overwrite=args.overwrite, bundle=bundle_dir)
+    segmenter = _exported_segmenter(args, bundle_dir)
+    if segmenter is None:
+        segmenter = segmenter_from_args(args, overwrite=args.overwrite, bundle=bundle_dir)
     bundle = segmenter.bundle
     if selection is not None:
         chosen = sum(1 for s in discovery.skipped if s.kind.value == "not_selected")
@@ -412,6 +434,33 @@ def _segment(args: argparse.Namespace, bundle_dir: Path) -> int:
         )
         print(f"MLflow run {run_id} in {tracking.tracking_uri}")
     return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _exported_segmenter(args: argparse.Namespace, bundle_dir: Path):
+    """A segmenter over the exported model when ``bundle_dir`` (``--bundle``) is an export folder
+    (None for a bundle folder with the PyTorch engine); the engine and the folder must match."""
+    from unet_med.export import is_export_folder, load_export
+    from unet_med.inference import BatchSegmenter
+
+    if not is_export_folder(bundle_dir):
+        if args.engine not in (None, "pytorch"):
+            raise UsageError(
+                f"--engine {args.engine} runs an exported model: {args.bundle} is not an export folder (no "
+                f"export.json); write one with: unet-med export --bundle {args.bundle} --output DIR"
+            )
+        return None
+    if args.engine == "pytorch":
+        raise UsageError(f"{args.bundle} is an export folder: use --engine onnxruntime or torchscript, "
+                         f"or --bundle BUNDLE_DIR for PyTorch")
+    if args.checkpoint:
+        raise UsageError(f"--checkpoint does not apply to an export folder ({args.bundle} holds its network)")
+    bundle = load_export(args.bundle, engine=args.engine, device=args.device, tta=args.tta,
+                         overrides=_overrides(args.set))
+    print(f"exported model: {bundle.checkpoints[0]} ({type(bundle.network).__name__})")
+    return BatchSegmenter(
+        bundle, qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
+        save_probabilities=args.save_probabilities, statistics=args.statistics, rtstruct=args.rtstruct,
+    )
 
 
 def _ensemble_params(checkpoints: Sequence[Path]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ __all__ = [
     "InferenceBundle",
     "checkpoint_files",
     "checkpoint_plan",
+    "inference_parser",
     "load_bundle",
     "load_checkpoint_state",
 ]
@@ -266,6 +267,23 @@ def _config_parser(
     if device is not None:
         parser["device"] = f"$torch.device({device!r})"
     return parser, applied
+
+
+def inference_parser(
+    bundle_dir: str | Path, checkpoint: str | Path, overrides: Mapping[str, Any] | None = None
+) -> tuple[Any, dict[str, Any] | None]:
+    """The ``ConfigParser`` of ``bundle_dir/configs/inference.json`` as :func:`load_bundle` sets it
+    up for one checkpoint (``network.json`` and ``plan.json`` beside it applied, then
+    ``overrides``), nothing instantiated; returns it and the plan ids it applied (None without a plan).
+
+    Raises:
+        BundleError: no bundle folder or ``inference.json``, a bad ``network.json`` or ``plan.json``.
+    """
+    bundle_dir, checkpoint = Path(bundle_dir), Path(checkpoint)
+    config = bundle_dir / "configs" / "inference.json"
+    if not config.is_file():
+        raise BundleError(f"{bundle_dir}: no configs/inference.json")
+    return _config_parser(config, checkpoint, checkpoint_plan(checkpoint), overrides, None)
 
 
 def _check_plans_agree(

@@ -168,7 +168,8 @@ class CropAndConcat(nn.Module):
     concatenate along channels (skip first, as in the paper's figure and the seeds)."""
 
     def forward(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        size: List[int] = [int(s) for s in x.shape[2:]]
+        # the sizes stay symbolic under torch.export (int() would freeze them to the example's)
+        size: List[int] = list(x.shape[2:])
         return torch.cat([center_crop(skip, size), x], dim=1)
 
 
