@@ -148,3 +148,30 @@ def test_zscore_foreground_mode_crops_to_the_body_and_resamples_with_the_given_o
     assert cubic(data)["image"].shape[1:] == (12, 12, 12)
     with pytest.raises(ValueError, match="resample_order_label must be a spline order"):
         preprocessing_transforms(["image"], load=False, resample_order_label=7)
+
+
+def test_foreground_patches_are_split_evenly_over_the_foreground_classes(tmp_path):
+    """nnU-Net's oversampling picks a foreground class, then a voxel of it: a lesion of a few
+    voxels beside a large organ is the centre of as many patches as the organ."""
+    from unet_med.data.writing import save_nifti
+
+    label = np.zeros((40, 40, 12), dtype=np.uint8)
+    label[5:35, 5:35, 2:10] = 1  # organ: 7200 voxels
+    label[18:20, 18:20, 5:7] = 2  # lesion: 8 voxels, 0.1% of the foreground
+    image = (100.0 * label).astype(np.float32)
+    item = {
+        "image": str(save_nifti(image, np.eye(4), tmp_path / "img.nii.gz")),
+        "label": str(save_nifti(label, np.eye(4), tmp_path / "lab.nii.gz")),
+    }
+    common = dict(input_patch_size=(1, 1, 1), num_samples=600, pos=1, neg=2, weight_map=False,
+                  intensity="none", axcodes=None, elastic_prob=0, rotate_prob=0, shift_prob=0,
+                  intensity_prob=0)  # fmt: skip
+    centres = {}
+    for classes in (3, None):
+        chain = training_transforms(num_classes=classes, **common)
+        chain.set_random_state(0)
+        values = np.array([int(s["label"].flatten()[0]) for s in chain(item)])
+        centres[classes] = {c: float(np.mean(values == c)) for c in (0, 1, 2)}
+    assert centres[3][2] == pytest.approx(1 / 6, abs=0.05)  # a sixth of the patches on the lesion
+    assert centres[3][1] == pytest.approx(1 / 6, abs=0.05) and centres[3][0] == pytest.approx(2 / 3, abs=0.06)
+    assert centres[None][2] < 0.01  # foreground as one class: the lesion in proportion to its volume

@@ -547,9 +547,10 @@ def make_plan(
 
     plan["pos"], plan["neg"] = 1, 2
     comments["pos"] = comments["neg"] = (
-        "foreground oversampling (MONAI RandCropByPosNegLabeld): each patch is centred on a labelled "
-        "voxel (label > 0) with probability pos/(pos+neg) = 1/3 and on a background voxel otherwise, "
-        "as nnU-Net centres a third of its patches on foreground"
+        "foreground oversampling: each patch is centred on a labelled voxel (label > 0) with "
+        "probability pos/(pos+neg) = 1/3 and on a background voxel otherwise, as nnU-Net centres a "
+        "third of its patches on foreground; with several foreground classes that third is split "
+        "evenly over the classes (MONAI RandCropByLabelClassesd), as nnU-Net picks a class first"
     )
 
     step_s = None if throughput is None else STEP_OVERHEAD * cost.step_flops(input_size, batch) / throughput

@@ -35,6 +35,7 @@ from monai.transforms import (
     NormalizeIntensityd,
     RandAdjustContrastd,
     RandAffined,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -244,7 +245,11 @@ def training_transforms(
         output_patch_size: the matching output size; default from ``network.output_size``
             (valid networks) or equal to the input size.
         network: a :class:`~unet_med.networks.UNet` to take the output size from.
-        pos, neg: ratio of patches centred on foreground (label > 0) vs background voxels.
+        pos, neg: ratio of patches centred on foreground (label > 0) vs background voxels. With
+            ``num_classes`` > 2 the foreground share is split evenly over the foreground classes
+            (MONAI's ``RandCropByLabelClassesd``), as nnU-Net picks a foreground class first and
+            then a voxel of it: a small class (a lesion beside an organ) is then centred in as
+            many patches as a large one instead of in proportion to its volume.
         num_samples: patches per scan and iteration.
         weight_map: add the paper's border weight map under ``weight_key`` (before sampling,
             so distances see whole objects); ``w0``, ``sigma`` (voxels), ``class_weights``.
@@ -288,11 +293,22 @@ def training_transforms(
             BorderPadd(all_keys, spatial_border=[m for m in margin for _ in (0, 1)], mode="symmetric")
         )
     steps.append(SpatialPadd(all_keys, spatial_size=inp, mode="symmetric"))
-    steps.append(
-        RandCropByPosNegLabeld(
-            all_keys, label_key=label_key, spatial_size=inp, pos=pos, neg=neg, num_samples=num_samples
+    if num_classes is not None and int(num_classes) > 2:
+        foreground = int(num_classes) - 1
+        ratios = [float(neg)] + [float(pos) / foreground] * foreground
+        # warn=False: a class missing from one scan just gets no patches centred in it there
+        steps.append(
+            RandCropByLabelClassesd(
+                all_keys, label_key=label_key, spatial_size=inp, ratios=ratios, num_classes=int(num_classes),
+                num_samples=num_samples, warn=False,
+            )
+        )  # fmt: skip
+    else:
+        steps.append(
+            RandCropByPosNegLabeld(
+                all_keys, label_key=label_key, spatial_size=inp, pos=pos, neg=neg, num_samples=num_samples
+            )
         )
-    )
     spatial_modes = ["bilinear" if k != label_key else "nearest" for k in all_keys]
     if (rotate_prob > 0 and rotate_deg > 0) or (shift_prob > 0 and shift_fraction > 0):
         rot = float(np.deg2rad(rotate_deg)) if rotate_prob > 0 else 0.0
