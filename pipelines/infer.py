@@ -226,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         run_id = log_inference_run(
             tracking, bundle_name=bundle.name, bundle_version=bundle.version,
             checkpoint=bundle.checkpoints[0], report_path=result.report_path, status_counts=counts,
-            seconds=result.seconds, params=params,
+            seconds=result.seconds, params=params, input_dir=args.input,
         )
         print(f"MLflow run {run_id} in {tracking.tracking_uri}")
     return EXIT_FAILED if counts["failed"] else EXIT_OK

@@ -31,6 +31,16 @@ COMMON_PARAMS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def working_dir_store(tmp_path, monkeypatch):
+    """Every tracking test runs in its own working directory, so the default store
+    (``./mlflow.db``) is ``tmp_path/mlflow.db``, and a ``MLFLOW_TRACKING_URI`` of the person
+    running the tests is not written to."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 # -- pictures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def has_colour() -> Callable[[np.ndarray, str], bool]:

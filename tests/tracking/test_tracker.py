@@ -3,6 +3,7 @@ contract's names, continued on resume, the executed config logged from the file 
 workflow exports."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -67,14 +68,14 @@ def _tracker(out, resume=False, **config):
 
 
 def _only_run(out):
-    client = mlflow.MlflowClient(default_tracking_uri(out))
+    client = mlflow.MlflowClient(default_tracking_uri())  # the working directory's store
     (run,) = client.search_runs([client.get_experiment_by_name("tiny_bundle").experiment_id])
     return client, run
 
 
-def _logged_config(out, run_id):
-    return json.loads(
-        (out / "mlartifacts" / run_id / "artifacts" / "config" / "resolved_config.json").read_text()
+def _logged_config(run_id):
+    return json.loads(  # artifacts next to the working directory's store
+        (Path("mlartifacts") / run_id / "artifacts" / "config" / "resolved_config.json").read_text()
     )
 
 
@@ -82,7 +83,7 @@ def test_one_run_holds_params_tags_per_iteration_loss_and_per_epoch_dice(tmp_pat
     tracker = _tracker(tmp_path)
     _engines(tracker, epochs=2).run()
 
-    client = mlflow.MlflowClient(default_tracking_uri(tmp_path))
+    client = mlflow.MlflowClient(default_tracking_uri())
     experiment = client.get_experiment_by_name("tiny_bundle")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
@@ -101,7 +102,7 @@ def test_one_run_holds_params_tags_per_iteration_loss_and_per_epoch_dice(tmp_pat
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
     dice = [m.value for m in client.get_metric_history(run.info.run_id, "val_mean_dice")]
     assert run.data.metrics["best_val_mean_dice"] == pytest.approx(max(dice))
-    config = _logged_config(tmp_path, run.info.run_id)
+    config = _logged_config(run.info.run_id)
     assert config["network_def"]["_target_"] == "unet_med.networks.create_unet"
     assert json.loads((tmp_path / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
 
@@ -110,7 +111,7 @@ def test_resume_continues_the_same_run(tmp_path):
     _engines(_tracker(tmp_path), epochs=1).run()
     resumed = _tracker(tmp_path, resume=True)
     _engines(resumed, epochs=1).run()
-    client = mlflow.MlflowClient(default_tracking_uri(tmp_path))
+    client = mlflow.MlflowClient(default_tracking_uri())
     runs = client.search_runs([client.get_experiment_by_name("tiny_bundle").experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == resumed.run_id
     assert runs[0].data.tags["unet_med.resumed"] == "1"
@@ -130,7 +131,7 @@ def test_the_executed_config_file_is_logged_as_resolved_config(tmp_path):
     _engines(_tracker(out, config_file=str(executed)), epochs=1).run()
     _, run = _only_run(out)
     assert run.info.status == "FINISHED"
-    assert _logged_config(out, run.info.run_id) == content
+    assert _logged_config(run.info.run_id) == content
 
 
 def test_without_a_config_the_run_has_no_config_artifact(tmp_path):
