@@ -184,13 +184,18 @@ CONTRACT_TAGS = {"bundle.name", "bundle.version", "net.preset", "git.commit", "h
 
 
 def test_two_bundle_trainings_over_http_are_complete_and_compare(
-    server, tmp_path, capsys, demo_manifest, start_training, has_colour
+    server, tmp_path, capsys, demo_manifest, start_training, has_colour, monkeypatch
 ):
     """Two tiny trainings of the 2D paper bundle with different widths and learning rates, at the same
-    time, against the server; both runs carry the promised params, metrics, tags and artifacts, and
-    ``unet-med runs compare`` lists them best first and draws both curves."""
+    time, against the server; both runs carry the promised params, metrics, tags, artifacts, what the
+    MLflow UI shows (model-training experiment, description, dataset inputs, system metrics), and
+    ``unet-med runs compare`` lists them best first, draws both curves and prints the runs-table URL."""
     from mlflow.tracking import MlflowClient
 
+    from unet_med.data.manifest import manifest_sha256
+
+    # MLflow's own setting, inherited by the trainings: a sample a second, so tiny runs get some
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     manifest = demo_manifest(tmp_path / "data")
     settings = {"w4": {"base_width": "4", "lr": "0.01"}, "w8": {"base_width": "8", "lr": "0.05"}}
     trainings = {
@@ -202,6 +207,7 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(
 
     client = MlflowClient(server.url)
     experiment = client.get_experiment_by_name("unet2d_paper")  # default experiment: the bundle name
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI: runs table
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2
     by_width = {run.data.params["net.base_width"]: run for run in runs}
@@ -228,6 +234,25 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(
         assert str(config["base_width"]) == run.data.params["net.base_width"]
         assert "models/model.pt" in [f.path for f in client.list_artifacts(run_id, "models")]
         assert list(server.root.glob(f"mlartifacts/*/{run_id}/artifacts/models/model.pt"))
+        # the description, the dataset inputs (digest = the manifest's content hash), system metrics
+        note = run.data.tags["mlflow.note.content"]
+        best = run.data.metrics["best_val_mean_dice"]
+        assert note.startswith("**unet2d_paper**, preset `paper`; data `data/manifest.csv` (train 4, val 1)")
+        assert f"best validation mean Dice {best:.4f}" in note
+        inputs = {
+            {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset
+            for i in run.inputs.dataset_inputs
+        }
+        assert {c: d.name for c, d in inputs.items()} == {
+            "training": "data/manifest [train]", "validation": "data/manifest [val]",
+        }
+        for context, cases in (("training", 4), ("validation", 1)):
+            assert inputs[context].digest == manifest_sha256(manifest)[:16]
+            assert json.loads(inputs[context].source)["uri"] == str(manifest.resolve())
+            assert json.loads(inputs[context].profile)["cases"] == cases
+        system = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+        assert system and all(0 <= m.value <= 100 * os.cpu_count() for m in system)
+        assert "system/system_memory_usage_megabytes" in run.data.metrics
 
     capsys.readouterr()
     table_csv, png = tmp_path / "compare.csv", tmp_path / "compare.png"
@@ -257,6 +282,8 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(
     assert "net.preset" not in table.columns  # the same in both runs
     image = imread(png)
     assert has_colour(image, "C0") and has_colour(image, "C1")
+    runs_table = f"{server.url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert f"MLflow UI: open {runs_table}" in out
 
 
 def test_team_server_uses_the_same_flags():

@@ -1,0 +1,180 @@
+"""What a user sees in MLflow's UI, checked in a real browser: two tiny demo trainings, ``mlflow
+server`` on their store, headless Chromium driven to the runs-table URL the trainings print.
+
+    python bench/ui_check.py --out docs/images        # or: make ui-check
+
+Steps: write the demo data set (6 images of 64x64), train the 2D paper bundle twice from one
+working folder into two output folders (widths 4 and 8, 3 epochs; no ``--tracking_uri``, so both
+land in the folder's default store), start ``mlflow server`` on that store on a free loopback port,
+take the URL the training printed ("then open http://127.0.0.1:5000/#/experiments/...") onto that
+port, and let Debian's ``chromium`` (``apt-get install chromium``) render it headless: the page's
+DOM (``--dump-dom``) is checked and screenshots (``--screenshot``) of the runs table and of the
+compare-charts view (``&compareRunsMode=CHART``) are saved as PNGs in ``--out``.
+
+It fails (exit 1, naming what is wrong) when:
+- the page is MLflow's GenAI view (traces/sessions) instead of the runs table;
+- the runs table lacks the runs, or their Dataset values (``data/manifest [train]`` ...);
+- the Models column has no logged model (the best model logged as an MLflow model; skip this
+  one check with ``--allow-missing-models`` on a branch that does not log models yet).
+
+Why Chromium's command line and not a browser-automation library: the check needs only a rendered
+DOM and two screenshots, which ``chromium --headless`` gives with ``--virtual-time-budget`` (it
+waits for the page's requests), with no Python dependency and no browser download at run time.
+Not part of ``make test``: it needs Chromium and takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "unet2d_paper"
+TRAININGS = {"w4": {"base_width": "4", "lr": "0.01"}, "w8": {"base_width": "8", "lr": "0.05"}}
+TINY = {
+    "epochs": "3", "patch_size": "[20,20]", "aug_prob": "0", "num_workers": "0", "iterations_per_epoch": "4",
+}
+# What MLflow's GenAI view shows and its runs table does not (MLflow 3.x UI texts).
+GENAI_MARKERS = ("Traces", "Sessions", "Prompts")
+HINT = re.compile(r"then open (http://\S+/#/experiments/(\d+)/runs\?workflowType=machine_learning)")
+
+
+class UiCheckError(RuntimeError):
+    """What the browser showed is not what a user should see."""
+
+
+def train(workdir: Path, manifest: Path) -> dict[str, str]:
+    """Run the tiny trainings from ``workdir`` (default store ``workdir/mlflow.db``); returns
+    ``{name: training log}``."""
+    processes = {}
+    for name, overrides in TRAININGS.items():
+        command = [
+            sys.executable, "-m", "monai.bundle", "run", "training",
+            "--workflow_name", "unet_med.bundle.UNetMedWorkflow",
+            "--config_file", str(BUNDLE / "configs" / "training.json"),
+            "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+            "--bundle_root", str(BUNDLE),
+            "--output_dir", str(workdir / name),
+            "--manifest", str(manifest),
+            *[item for key, value in {**TINY, **overrides}.items() for item in (f"--{key}", value)],
+        ]
+        log = open(workdir / f"{name}.log", "w")
+        processes[name] = (subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT), log)
+    logs = {}
+    for name, (process, log) in processes.items():
+        code = process.wait(timeout=1800)
+        log.close()
+        logs[name] = (workdir / f"{name}.log").read_text(errors="replace")
+        if code != 0:
+            raise UiCheckError(f"training {name} failed ({code}):\n{logs[name][-3000:]}")
+    return logs
+
+
+def printed_url(log: str, port: int) -> tuple[str, str]:
+    """The runs-table URL a training printed, moved to ``port``; and the experiment id."""
+    match = HINT.search(log)
+    if match is None:
+        raise UiCheckError("the training did not print a runs-table URL ('then open http://...')")
+    url = re.sub(r"^http://[^/]+", f"http://127.0.0.1:{port}", match.group(1))
+    return url, match.group(2)
+
+
+def chromium(*args: str, timeout_s: float = 180) -> str:
+    """Run headless Chromium with ``args``; returns its stdout."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        raise UiCheckError("chromium not found: apt-get install -y chromium")
+    command = [
+        binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        "--window-size=1500,900", "--virtual-time-budget=20000", *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    return result.stdout
+
+
+def page_text(dom: str) -> str:
+    """Visible-ish text of a DOM dump: tags and scripts removed, entities decoded."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", dom))
+
+
+def check_runs_table(text: str, run_names: list[str], *, allow_missing_models: bool) -> list[str]:
+    """What is wrong with the runs table page (empty when all is well)."""
+    problems = []
+    genai = [marker for marker in GENAI_MARKERS if re.search(rf"\b{marker}\b", text)]
+    if "Run Name" not in text or genai:
+        problems.append(f"not the runs table (GenAI view markers: {genai or 'none'}; 'Run Name' column "
+                        f"{'present' if 'Run Name' in text else 'missing'})")
+    missing = [name for name in run_names if name not in text]
+    if missing:
+        problems.append(f"runs missing from the table: {missing}")
+    if "Dataset" not in text or "manifest [train]" not in text:
+        problems.append("the Dataset column shows no dataset ('data/manifest [train]' expected)")
+    if not allow_missing_models and not re.search(r"\bmodel\b|\bbest_model\b", text.split("Models", 1)[-1]):
+        problems.append("the Models column shows no logged model")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(REPO / "docs" / "images"), help="folder of the screenshots")
+    parser.add_argument(
+        "--workdir", default=None, help="folder for data, trainings and store (default: a temp folder)"
+    )
+    parser.add_argument("--allow-missing-models", action="store_true",
+                        help="do not fail when the Models column is empty (branches without logged models)")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from unet_med.data.demo import generate_demo_dataset
+    from unet_med.tracking.server import TrackingServer, free_loopback_port
+    from unet_med.tracking.store import sqlite_store_uri
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ui_check_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    manifest = generate_demo_dataset(workdir / "data", dims=2, n=6, size=64, seed=0)
+    logs = train(workdir, manifest)
+    print(f"2 trainings in {time.monotonic() - start:.0f} s (store {sqlite_store_uri(workdir)})")
+    run_names = sorted(set(re.findall(r"unet2d_paper-paper-\d{8}-\d{6}", "\n".join(logs.values()))))
+
+    port = free_loopback_port()
+    problems: list[str] = []
+    with TrackingServer(
+        backend_store_uri=sqlite_store_uri(workdir), artifacts_destination=str(workdir / "mlartifacts"),
+        port=port, log_path=workdir / "server.log",
+    ):
+        url, experiment_id = printed_url(logs["w4"], port)
+        print(f"runs table: {url}")
+        text = page_text(chromium("--dump-dom", url))
+        problems += check_runs_table(text, run_names, allow_missing_models=args.allow_missing_models)
+        table_png, charts_png = out / "mlflow_runs_table.png", out / "mlflow_compare_charts.png"
+        chromium(f"--screenshot={table_png}", url)
+        charts = url + "&compareRunsMode=CHART"
+        chart_text = page_text(chromium("--dump-dom", charts))
+        if "val_mean_dice" not in chart_text:
+            problems.append(f"the compare-charts view ({charts}) shows no val_mean_dice chart")
+        chromium(f"--screenshot={charts_png}", charts)
+        for png in (table_png, charts_png):
+            if not png.is_file() or png.stat().st_size < 5000:
+                problems.append(f"no screenshot at {png}")
+            else:
+                print(f"screenshot: {png} ({png.stat().st_size // 1024} KiB)")
+    if problems:
+        print("UI check FAILED:\n- " + "\n- ".join(problems), file=sys.stderr)
+        return 1
+    print(f"UI check passed in {time.monotonic() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
