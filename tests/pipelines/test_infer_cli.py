@@ -313,7 +313,8 @@ def test_track_links_an_ensemble_to_its_first_members_training(infer_bundle, inf
                   str(tmp_path / "cv"))  # fmt: skip
     assert code == 0, capsys.readouterr().err[-2000:]
     client = mlflow.MlflowClient(uri)
-    (run,) = client.search_runs([experiment_id], filter_string="tags.`unet_med.run_kind` = 'inference'")
+    inference = client.get_experiment_by_name("tiny3d-inference").experiment_id  # out of the training table
+    (run,) = client.search_runs([inference], filter_string="tags.`unet_med.run_kind` = 'inference'")
     assert run.data.tags[TRAINING_RUN_TAG] == training_ids[0]
     assert run.data.params["infer.checkpoint"] == str(a.resolve())
     assert run.data.params["infer.ensemble_size"] == "2"
