@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import re
 import shutil
 import subprocess
@@ -66,7 +67,11 @@ def train(workdir: Path, manifest: Path) -> dict[str, str]:
             *[item for key, value in {**TINY, **overrides}.items() for item in (f"--{key}", value)],
         ]
         log = open(workdir / f"{name}.log", "w")
-        processes[name] = (subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT), log)
+        # this checkout's package, whatever is installed
+        path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+        env = dict(os.environ, PYTHONPATH=path)
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        processes[name] = (process, log)
     logs = {}
     for name, (process, log) in processes.items():
         code = process.wait(timeout=1800)

@@ -344,7 +344,7 @@ class MLflowTracker:
                 tracking_uri=self.tracking_uri,
             )
             self._system_metrics.start()
-        except ImportError as error:  # psutil missing: training goes on without system metrics
+        except (ImportError, TypeError) as error:  # psutil missing, or an MLflow older than 2.16's API
             logger.warning("no system metrics for run %s (%s); pip install psutil", self.run_id, error)
             self._system_metrics = None
 
