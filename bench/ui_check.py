@@ -19,7 +19,8 @@ It fails (exit 1, naming what is wrong) when:
 
 Why Chromium's command line and not a browser-automation library: the check needs only a rendered
 DOM and two screenshots, which ``chromium --headless`` gives with ``--virtual-time-budget`` (it
-waits for the page's requests), with no Python dependency and no browser download at run time.
+waits for the page's timers and requests; 60 s of virtual time, about 10 s of real time here), with
+no Python dependency and no browser download at run time.
 Not part of ``make test``: it needs Chromium and takes minutes.
 """
 
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +44,9 @@ TRAININGS = {"w4": {"base_width": "4", "lr": "0.01"}, "w8": {"base_width": "8", 
 TINY = {
     "epochs": "3", "patch_size": "[20,20]", "aug_prob": "0", "num_workers": "0", "iterations_per_epoch": "4",
 }
-# What MLflow's GenAI view shows and its runs table does not (MLflow 3.x UI texts).
-GENAI_MARKERS = ("Traces", "Sessions", "Prompts")
+# Side-bar entries of MLflow's GenAI view that its model-training view lacks (MLflow 3.17 UI texts;
+# both views list "Traces").
+GENAI_MARKERS = ("Observability", "Sessions", "Prompts")
 HINT = re.compile(r"then open (http://\S+/#/experiments/(\d+)/runs\?workflowType=machine_learning)")
 
 
@@ -98,32 +101,71 @@ def chromium(*args: str, timeout_s: float = 180) -> str:
         raise UiCheckError("chromium not found: apt-get install -y chromium")
     command = [
         binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-        "--window-size=1500,900", "--virtual-time-budget=20000", *args,
+        "--window-size=1700,850", "--virtual-time-budget=60000", *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     return result.stdout
 
 
 def page_text(dom: str) -> str:
-    """Visible-ish text of a DOM dump: tags and scripts removed, entities decoded."""
+    """Visible-ish text of a DOM dump: tags and scripts removed, entities decoded, spaces collapsed."""
     dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
-    return html.unescape(re.sub(r"<[^>]+>", " ", dom))
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
 
 
-def check_runs_table(text: str, run_names: list[str], *, allow_missing_models: bool) -> list[str]:
+class GridCells(HTMLParser):
+    """Texts of the runs table's cells (ag-grid ``role="gridcell"``) by column id
+    (``attributes.`Dataset```, ``attributes.`Models```, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, list[str]] = {}
+        self._stack: list[str | None] = []  # per open tag: the column id of a cell opened there
+
+    def handle_starttag(self, tag, attrs) -> None:
+        attrs = dict(attrs)
+        column = attrs.get("col-id") if attrs.get("role") == "gridcell" else None
+        if tag not in ("br", "img", "input", "meta", "link", "hr"):
+            self._stack.append(column)
+        if column is not None:
+            self.cells.setdefault(column, []).append("")
+
+    def handle_endtag(self, tag) -> None:
+        if self._stack and tag not in ("br", "img", "input", "meta", "link", "hr"):
+            self._stack.pop()
+
+    def handle_data(self, data) -> None:
+        open_cells = [c for c in self._stack if c is not None]
+        if open_cells:
+            self.cells[open_cells[-1]][-1] += data
+
+
+def grid_cells(dom: str) -> dict[str, list[str]]:
+    """``{column id: [cell text, ...]}`` of the runs table in a DOM dump (texts stripped)."""
+    parser = GridCells()
+    parser.feed(dom)
+    return {k: [" ".join(v.split()) for v in values] for k, values in parser.cells.items()}
+
+
+def check_runs_table(dom: str, run_names: list[str], *, allow_missing_models: bool) -> list[str]:
     """What is wrong with the runs table page (empty when all is well)."""
     problems = []
+    text = page_text(dom)
     genai = [marker for marker in GENAI_MARKERS if re.search(rf"\b{marker}\b", text)]
     if "Run Name" not in text or genai:
         problems.append(f"not the runs table (GenAI view markers: {genai or 'none'}; 'Run Name' column "
                         f"{'present' if 'Run Name' in text else 'missing'})")
-    missing = [name for name in run_names if name not in text]
+    cells = grid_cells(dom)
+    shown = cells.get("attributes.`Run Name`", [])
+    missing = [name for name in run_names if not any(name in cell for cell in shown)]
     if missing:
-        problems.append(f"runs missing from the table: {missing}")
-    if "Dataset" not in text or "manifest [train]" not in text:
-        problems.append("the Dataset column shows no dataset ('data/manifest [train]' expected)")
-    if not allow_missing_models and not re.search(r"\bmodel\b|\bbest_model\b", text.split("Models", 1)[-1]):
-        problems.append("the Models column shows no logged model")
+        problems.append(f"runs missing from the table: {missing} (shown: {shown})")
+    datasets = cells.get("attributes.`Dataset`", [])
+    if len(datasets) < len(run_names) or not all("manifest [train]" in cell for cell in datasets):
+        problems.append(f"the Dataset column lacks 'data/manifest [train]' in some rows: {datasets}")
+    models = cells.get("attributes.`Models`", [])
+    if not allow_missing_models and (len(models) < len(run_names) or any(c in ("", "-") for c in models)):
+        problems.append(f"the Models column shows no logged model in some rows: {models}")
     return problems
 
 
@@ -135,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--allow-missing-models", action="store_true",
                         help="do not fail when the Models column is empty (branches without logged models)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse the trainings already in --workdir (their logs and store)"
+    )
     args = parser.parse_args(argv)
+    if args.reuse and args.workdir is None:
+        parser.error("--reuse needs --workdir")
 
     sys.path.insert(0, str(REPO))
     from unet_med.data.demo import generate_demo_dataset
@@ -147,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ui_check_"))
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    manifest = generate_demo_dataset(workdir / "data", dims=2, n=6, size=64, seed=0)
-    logs = train(workdir, manifest)
-    print(f"2 trainings in {time.monotonic() - start:.0f} s (store {sqlite_store_uri(workdir)})")
+    if args.reuse:
+        logs = {name: (workdir / f"{name}.log").read_text(errors="replace") for name in TRAININGS}
+    else:
+        manifest = generate_demo_dataset(workdir / "data", dims=2, n=6, size=64, seed=0)
+        logs = train(workdir, manifest)
+        print(f"2 trainings in {time.monotonic() - start:.0f} s (store {sqlite_store_uri(workdir)})")
     run_names = sorted(set(re.findall(r"unet2d_paper-paper-\d{8}-\d{6}", "\n".join(logs.values()))))
 
     port = free_loopback_port()
@@ -160,14 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     ):
         url, experiment_id = printed_url(logs["w4"], port)
         print(f"runs table: {url}")
-        text = page_text(chromium("--dump-dom", url))
-        problems += check_runs_table(text, run_names, allow_missing_models=args.allow_missing_models)
+        problems += check_runs_table(
+            chromium("--dump-dom", url), run_names, allow_missing_models=args.allow_missing_models
+        )
         table_png, charts_png = out / "mlflow_runs_table.png", out / "mlflow_compare_charts.png"
         chromium(f"--screenshot={table_png}", url)
         charts = url + "&compareRunsMode=CHART"
-        chart_text = page_text(chromium("--dump-dom", charts))
-        if "val_mean_dice" not in chart_text:
-            problems.append(f"the compare-charts view ({charts}) shows no val_mean_dice chart")
+        chart_dom = chromium("--dump-dom", charts)
+        # a Dice chart, MLflow's system-metrics section, and charts drawn (not still loading)
+        for wanted in ("val_mean_dice", "System metrics", "js-plotly-plot"):
+            if wanted not in chart_dom:
+                problems.append(f"the compare-charts view ({charts}) shows no {wanted!r}")
         chromium(f"--screenshot={charts_png}", charts)
         for png in (table_png, charts_png):
             if not png.is_file() or png.stat().st_size < 5000:

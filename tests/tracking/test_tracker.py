@@ -63,6 +63,7 @@ def _tracker(out, resume=False, **config):
         class_names=["background", "cell", "dense_cell"],
         resume=resume,
         flush_every=2,
+        system_metrics_interval_s=None,  # tested over a real server in test_server.py
         **(config or {"config": _CONFIG}),
     )
 

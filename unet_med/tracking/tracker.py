@@ -4,7 +4,8 @@ Names are flat and stable so runs compare across bundles: params ``net.preset``,
 ``data.manifest_sha256``, ...; metrics ``train_loss`` (step = iteration), ``val_mean_dice`` and
 ``val_dice_<class>`` (step = epoch), ``best_val_mean_dice``, ``best_epoch``, ``epoch_time_s``,
 ``samples_per_s``, ``peak_memory_mb``; tags ``bundle.name``, ``bundle.version``, ``net.preset``,
-``git.commit``, ``host.device``, the description ``mlflow.note.content``; artifacts
+``git.commit``, ``host.device``, the description ``mlflow.note.content``, MLflow's
+``mlflow.source.name``/``mlflow.source.git.commit`` (the runs table's Source); artifacts
 ``config/resolved_config.json`` (the executed config), ``models/``, ``plots/``, ``overlays/`` (logged
 by the handlers that write them); the manifest's training and validation rows as dataset inputs
 (:mod:`unet_med.tracking.datasets`); MLflow's system metrics (``system/cpu_utilization_percentage``,
@@ -262,6 +263,11 @@ class MLflowTracker:
         previous = self._previous_run_id()
         tags = bundle_tags(self.bundle_name, self.bundle_version, self.preset)
         tags["host.device"] = str(self.device or "cpu")
+        # the runs table's Source column: the command and the commit that ran
+        tags["mlflow.source.type"] = "LOCAL"
+        tags["mlflow.source.name"] = f"monai.bundle run training ({self.bundle_name})"
+        if tags.get("git.commit", "unknown") != "unknown":
+            tags["mlflow.source.git.commit"] = tags["git.commit"]
         if previous is not None:
             run = self.client.get_run(previous)
             self.run_id = run.info.run_id
