@@ -122,7 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "an ensemble links to its first member's training and lists every member as params",
     )
     parser.add_argument("--tracking-uri", default=None, help="MLflow store for --track (default: training's)")
-    parser.add_argument("--experiment", default=None, help="experiment for --track (default: the training's)")
+    parser.add_argument(
+        "--experiment", default=None, help="experiment for --track (default: <the training's>-inference)"
+    )
     parser.set_defaults(handler=run)
 
 

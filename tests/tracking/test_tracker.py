@@ -147,3 +147,20 @@ def test_a_missing_config_file_is_named_before_a_run_is_created(tmp_path):
     with pytest.raises(FileNotFoundError, match="never_exported.json"):
         _engines(_tracker(tmp_path, config_file=missing), epochs=1).run()
     assert not (tmp_path / "mlflow_run.json").exists()
+
+
+def test_resume_from_another_working_folder_continues_the_run_in_its_store(tmp_path, monkeypatch):
+    """The default store follows the working folder; a resumed training follows its run record."""
+    out = tmp_path / "run"
+    (tmp_path / "first").mkdir()
+    (tmp_path / "later").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    first = _tracker(out)
+    _engines(first, epochs=1).run()
+    monkeypatch.chdir(tmp_path / "later")
+    resumed = _tracker(out, resume=True)
+    _engines(resumed, epochs=1).run()
+    assert resumed.run_id == first.run_id
+    first_store = f"sqlite:///{(tmp_path / 'first').resolve()}/mlflow.db"
+    assert resumed.tracking_uri == first.tracking_uri == first_store
+    assert not (tmp_path / "later" / "mlflow.db").exists()

@@ -102,7 +102,8 @@ class MLflowTracker:
         params: flat params (``net.base_width``, ``optim.lr``, ...); values are logged as text
             (sequences as JSON).
         tracking_uri: store URI; None means the default store (``$MLFLOW_TRACKING_URI``, else
-            ``./mlflow.db`` in the working directory, shared by all output folders).
+            ``./mlflow.db`` in the working directory, shared by all output folders), or, when
+            resuming, the store of the run being continued.
         experiment_name: None means ``bundle_name``.
         class_names: names of the classes, background first; ``val_dice_<name>`` per class
             (the background class excluded when the per-class metric leaves it out).
@@ -161,7 +162,7 @@ class MLflowTracker:
         self.bundle_version = str(bundle_version)
         self.preset = preset
         self.params = dict(params or {})
-        self.tracking_uri = resolve_tracking_uri(tracking_uri, output_dir)
+        self.tracking_uri = self._store_for(tracking_uri, output_dir, resume)
         self.experiment_name = experiment_name or bundle_name
         self.class_names = [str(c) for c in class_names]
         self.resume = bool(resume)
@@ -195,6 +196,18 @@ class MLflowTracker:
         self._system_metrics = None
         if self.enabled:
             check_tracking_uri(self.tracking_uri)
+
+    @staticmethod
+    def _store_for(tracking_uri: str | None, output_dir: str | os.PathLike, resume: bool) -> str:
+        """The store to write to: ``tracking_uri`` when given; when resuming without one, the store
+        the output folder's run record names (the default store depends on the working folder, and
+        a resumed training started from another folder must still continue its run); else the
+        default store."""
+        resolved = resolve_tracking_uri(tracking_uri, output_dir)
+        if not resume or resolved != resolve_tracking_uri(None):  # nothing to continue, or a store given
+            return resolved
+        record = read_run_record(output_dir)
+        return record.tracking_uri if record is not None else resolved
 
     # -- run life cycle -------------------------------------------------------------------------
     def attach(self, engine) -> None:
