@@ -164,3 +164,12 @@ def test_resume_from_another_working_folder_continues_the_run_in_its_store(tmp_p
     first_store = f"sqlite:///{(tmp_path / 'first').resolve()}/mlflow.db"
     assert resumed.tracking_uri == first.tracking_uri == first_store
     assert not (tmp_path / "later" / "mlflow.db").exists()
+
+
+def test_a_run_shorter_than_one_sampling_interval_still_has_system_metrics(tmp_path):
+    tracker = MLflowTracker(tmp_path, bundle_name="tiny_bundle", system_metrics_interval_s=60)
+    tracker.start()
+    tracker.finish()
+    _, run = _only_run(tmp_path)
+    assert 0 <= run.data.metrics["system/cpu_utilization_percentage"] <= 100
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0

@@ -368,13 +368,19 @@ class MLflowTracker:
             self._system_metrics = None
 
     def _stop_system_metrics(self) -> None:
-        """Stop the sampler, writing what it has collected."""
+        """Stop the sampler and write a last sample covering the interval it was in: MLflow's
+        sampler drops that partial interval, so a run shorter than one interval (or the last
+        minutes of a long one with a long interval) would otherwise have no system metrics."""
         monitor, self._system_metrics = self._system_metrics, None
-        if monitor is not None:
-            try:
-                monitor.finish()
-            except Exception as error:  # a sampler failing at the end must not fail the training
-                logger.warning("system metrics of run %s not completed (%s)", self.run_id, error)
+        if monitor is None:
+            return
+        try:
+            monitor.finish()  # joins the sampling thread and writes what it published
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as error:  # a sampler failing at the end must not fail the training
+            logger.warning("system metrics of run %s not completed (%s)", self.run_id, error)
 
     # -- cross-validation -----------------------------------------------------------------------
     def _fold_tags(self) -> dict[str, str]:
