@@ -22,7 +22,7 @@ from unet_med.inference.outputs import output_stem
 from unet_med.networks import UNet
 from unet_med.tracking.linked_runs import TRAINING_RUN_TAG, one_shot_run
 from unet_med.tracking.run_record import write_run_record
-from unet_med.tracking.store import default_tracking_uri
+from unet_med.tracking.store import sqlite_store_uri
 
 
 def _infer(bundle: Path, scans: Path, out: Path, *extra: str) -> int:
@@ -299,7 +299,7 @@ def test_plan_beside_the_checkpoint_is_reported_and_applied(infer_bundle, infer_
 
 def test_track_links_an_ensemble_to_its_first_members_training(infer_bundle, infer_scans, tmp_path, capsys):
     a, b = _fold_runs(infer_bundle, tmp_path / "cv")
-    uri = default_tracking_uri(tmp_path / "cv")
+    uri = sqlite_store_uri(tmp_path / "cv")
     training_ids = []
     for checkpoint in (a, b):  # two fold trainings sharing one store, each with its run record
         with one_shot_run(uri, experiment_name="tiny3d", run_name="training", tags={}) as run_id:
