@@ -301,3 +301,36 @@ def test_team_server_uses_the_same_flags():
     assert TrackingServer(
         backend_store_uri="x", artifacts_destination="y", host="0.0.0.0", port=5001
     ).url == ("http://127.0.0.1:5001")
+
+
+def test_folds_creating_their_parent_at_once_on_a_server_end_under_one_parent(server):
+    """No lock on a server: folds racing to create the cross-validation parent converge on the
+    oldest one, and a fold whose parent lost moves to the survivor when it ends."""
+    from mlflow.tracking import MlflowClient
+
+    from unet_med.tracking.folds import canonical_cv_parent, find_or_create_cv_parent
+
+    client = MlflowClient(server.url)
+    experiment = client.create_experiment("cv_race")
+    start = threading.Barrier(3)
+    chosen: list[str] = []
+
+    def fold() -> None:
+        start.wait()
+        chosen.append(find_or_create_cv_parent(
+            MlflowClient(server.url), server.url, experiment, key="0123456789abcdef", run_name="cv",
+            tags={}, params={"train.num_folds": "3"},
+        ))  # fmt: skip
+
+    threads = [threading.Thread(target=fold) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    kind = "tags.`unet_med.run_kind` = 'cross_validation'"
+    (survivor,) = client.search_runs([experiment], filter_string=kind)
+    assert len(chosen) == 3
+    assert canonical_cv_parent(client, experiment, "0123456789abcdef") == survivor.info.run_id
+    # a fold either got the survivor or a parent that was deleted (it moves to the survivor when it ends)
+    for parent in chosen:
+        assert parent == survivor.info.run_id or client.get_run(parent).info.lifecycle_stage == "deleted"

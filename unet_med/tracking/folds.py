@@ -15,9 +15,11 @@ and ``cv_std_best_val_mean_dice`` over the folds that have one, ``cv_folds_done`
 FINISHED once every fold has finished, RUNNING before. Recomputing from the store rather than
 adding to a running total makes the update idempotent and safe when two folds end together.
 
-Two folds starting at the same moment on a server may both create a parent; both then pick the
-oldest parent of the key (ties by run id) and delete their own if it lost, so they converge on one
-(on an SQLite store the creation is also serialised by the store's lock).
+Two folds starting at the same moment on a server may both create a parent (a server offers no
+lock; on an SQLite store the creation is serialised by the store's lock). Every fold then keeps the
+oldest parent of the key (ties by run id) and deletes its own if it lost; a fold that looked
+before the other parent existed moves itself to the surviving parent when it ends
+(:func:`canonical_cv_parent`), before the summary is computed, so the folds converge on one parent.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "PARENT_TAG",
     "cv_group_key",
     "find_or_create_cv_parent",
+    "canonical_cv_parent",
     "update_cv_summary",
 ]
 
@@ -98,6 +101,13 @@ def find_or_create_cv_parent(
     if winner != mine:  # another fold created one at the same time: use the oldest
         client.delete_run(mine)
     return winner
+
+
+def canonical_cv_parent(client, experiment_id: str, key: str) -> str | None:
+    """The id of the surviving parent run of cross-validation ``key`` (the oldest not deleted,
+    ties by run id), or None when there is none."""
+    found = _parents(client, experiment_id, key)
+    return found[0].info.run_id if found else None
 
 
 def update_cv_summary(client, parent_run_id: str, num_folds: int) -> dict[str, float]:

@@ -424,9 +424,13 @@ class MLflowTracker:
     def _update_cv_parent(self) -> None:
         if self.parent_run_id is None or self.fold is None:
             return
-        from unet_med.tracking.folds import update_cv_summary
+        from unet_med.tracking.folds import PARENT_TAG, canonical_cv_parent, update_cv_summary
 
         try:
+            canonical = canonical_cv_parent(self.client, self.experiment_id, self._cv_key())
+            if canonical is not None and canonical != self.parent_run_id:  # lost a creation race
+                self.client.set_tag(self.run_id, PARENT_TAG, canonical)
+                self.parent_run_id = canonical
             update_cv_summary(self.client, self.parent_run_id, self.num_folds or 5)
         except Exception as error:  # the fold's own run is complete; the summary is derived
             logger.warning("cross-validation summary of run %s not updated (%s)", self.parent_run_id, error)
