@@ -12,7 +12,7 @@ DEMO_DIR ?= outputs/demo
 MLFLOW_DIR ?= outputs/mlflow
 MLFLOW_PORT ?= 5000
 
-.PHONY: install test demo lint clean mlflow
+.PHONY: install test demo lint clean mlflow ui-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,13 +54,18 @@ demo: install
 		--output $(DEMO_DIR)/infer/nifti --reference $(DEMO_DIR)/data/demo2d/manifest.csv
 	$(VENV)/bin/unet-med infer $(DEMO_INFER_ARGS) --input $(DEMO_DIR)/data/demo2d_dicom/images \
 		--output $(DEMO_DIR)/infer/dicom --reference $(DEMO_DIR)/data/demo2d_dicom/manifest.csv --dicom-seg
-	$(VENV)/bin/unet-med runs compare --tracking-uri $(DEMO_RUN) --experiment unet2d_paper \
+	$(VENV)/bin/unet-med runs compare --experiment unet2d_paper \
 		--csv $(DEMO_DIR)/runs_compare.csv --plot $(DEMO_DIR)/runs_compare.png
-	@echo "MLflow store: sqlite:///$(abspath $(DEMO_RUN))/mlflow.db (artifacts in $(DEMO_RUN)/mlartifacts)"
-	@echo "Open its UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_RUN))/mlflow.db"
+	@echo "MLflow store: $${MLFLOW_TRACKING_URI:-sqlite:///$(abspath mlflow.db)} (artifacts in ./mlartifacts),"
+	@echo "shared by every run started from this folder; 'MLflow UI:' above opens its runs table."
 
 mlflow: install
 	$(VENV)/bin/unet-med mlflow-server --output-dir $(MLFLOW_DIR) --port $(MLFLOW_PORT)
+
+# Not part of `make test`: two tiny trainings, `mlflow server` and headless Chromium (Debian's
+# `chromium` package) check what a user sees in the MLflow UI; screenshots go to docs/images/.
+ui-check: install
+	$(PY) bench/ui_check.py --out docs/images
 
 lint: install
 	$(PY) -m ruff check .

@@ -4,7 +4,7 @@ Dice they give.
 Every figure comes from the documented command lines run as subprocesses (``python -m monai.bundle
 run training --workflow_name unet_med.bundle.UNetMedWorkflow ...``, ``unet-med plan``, ``unet-med
 infer --reference``), not from library shortcuts: the point is that the README's commands give the
-figure. Per-epoch validation Dice is read from each run's MLflow store (``<run>/mlflow.db``), test
+figure. Per-epoch validation Dice is read from each run's MLflow run (``<run>/mlflow_run.json``), test
 Dice from ``report.csv`` of ``unet-med infer --reference M.csv --split test``.
 
 Sections (``--section``, default ``all`` in this order):
@@ -245,23 +245,20 @@ def job_record(job: Job) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ reading
 def training_history(output_dir: Path) -> dict[str, Any]:
-    """Per-epoch ``val_mean_dice`` (and per class) of the training run in ``output_dir/mlflow.db``,
-    with the run's status and stop reason tags."""
+    """Per-epoch ``val_mean_dice`` (and per class) of the training run recorded in
+    ``output_dir/mlflow_run.json`` (its store and run id; runs of all output folders share the
+    working folder's store), with the run's status and stop reason tags."""
     from mlflow.tracking import MlflowClient
 
-    db = output_dir / "mlflow.db"
-    if not db.is_file():
-        return {"error": f"{db} not found"}
-    client = MlflowClient(tracking_uri=f"sqlite:///{db.resolve()}")
-    runs = [
-        run
-        for exp in client.search_experiments()
-        for run in client.search_runs([exp.experiment_id])
-        if "val_mean_dice" in run.data.metrics
-    ]
-    if not runs:
-        return {"error": f"{db}: no run with val_mean_dice"}
-    run = max(runs, key=lambda r: r.info.start_time)
+    from unet_med.tracking.run_record import read_run_record
+
+    record = read_run_record(output_dir)
+    if record is None:
+        return {"error": f"{output_dir / 'mlflow_run.json'} not found"}
+    client = MlflowClient(tracking_uri=record.tracking_uri)
+    run = client.get_run(record.run_id)
+    if "val_mean_dice" not in run.data.metrics:
+        return {"error": f"run {record.run_id} in {record.tracking_uri} has no val_mean_dice"}
     history = sorted(client.get_metric_history(run.info.run_id, "val_mean_dice"), key=lambda m: m.step)
     per_class = {
         key.removeprefix("val_dice_"): [

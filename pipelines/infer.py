@@ -208,7 +208,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MLflow store: where --model is registered (default: $MLFLOW_TRACKING_URI) and where --track "
         "logs (default: training's); a URI, an SQLite file or a training's output folder",
     )
-    parser.add_argument("--experiment", default=None, help="experiment for --track (default: the training's)")
+    parser.add_argument(
+        "--experiment", default=None, help="experiment for --track (default: <the training's>-inference)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -430,7 +432,7 @@ def _segment(args: argparse.Namespace, bundle_dir: Path) -> int:
         run_id = log_inference_run(
             tracking, bundle_name=bundle.name, bundle_version=bundle.version,
             checkpoint=bundle.checkpoints[0], report_path=result.report_path, status_counts=counts,
-            seconds=result.seconds, params=params,
+            seconds=result.seconds, params=params, input_dir=args.input,
         )
         print(f"MLflow run {run_id} in {tracking.tracking_uri}")
     return EXIT_FAILED if counts["failed"] else EXIT_OK

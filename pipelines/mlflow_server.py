@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"starting mlflow server (store {backend}, artifacts {artifacts}) ...", flush=True)
     try:
         url = server.start(ready_timeout_s=args.ready_timeout)
-        print(f"MLflow tracking server: {url}  (open it in a browser; Ctrl-C stops it)", flush=True)
+        print(f"MLflow tracking server: {url}  (Ctrl-C stops it)", flush=True)
+        for line in _runs_table_lines(url):
+            print(line, flush=True)
         print(f"train against it:  python -m monai.bundle run training ... --tracking_uri {url}", flush=True)
         print(
             f"compare runs:      unet-med runs compare --tracking-uri {url} --experiment <bundle name>",
@@ -101,6 +103,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return code
+
+
+def _runs_table_lines(url: str) -> list[str]:
+    """One line per experiment of the store with the URL of its runs table (MLflow's UI would
+    otherwise open an experiment without the model-training tag on its GenAI view); a hint when
+    the store has none yet. Reading the list is best effort: the server is up, the hint is not
+    worth failing for."""
+    from unet_med.tracking.ui import runs_table_url
+
+    try:
+        from mlflow.tracking import MlflowClient
+
+        experiments = [e for e in MlflowClient(url).search_experiments() if e.name != "Default"]
+    except Exception as error:  # noqa: BLE001 - any failure only loses the hint
+        return [f"open {url} (experiments not listed: {error})"]
+    if not experiments:
+        return [f"open {url}; each training prints the URL of its experiment's runs table"]
+    return [f"runs of {e.name!r}: {runs_table_url(url, e.experiment_id)}" for e in experiments]
 
 
 def _exit_on_signal(signum, _frame) -> None:

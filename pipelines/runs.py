@@ -1,8 +1,10 @@
 """``unet-med runs compare``: the runs of one MLflow experiment, best first, with the params that
 differ, plus a PNG of their validation curves (and optionally the table as CSV).
 
-Works on the embedded SQLite store a bundle writes (``--tracking-uri outputs/run`` or
-``sqlite:///outputs/run/mlflow.db``) and on a tracking server (``http://127.0.0.1:5000``).
+Works on the embedded SQLite store trainings write (by default ``./mlflow.db`` in the folder they
+were started from; ``--tracking-uri .`` or ``sqlite:///.../mlflow.db``) and on a tracking server
+(``http://127.0.0.1:5000``). It ends with the URL (or ``mlflow ui`` command) that opens the same
+runs in MLflow's runs table.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     compare.add_argument(
         "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI"),
-        help="sqlite:///.../mlflow.db, an output folder holding mlflow.db, or a server URL like "
-        "http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI)",
+        default=None,
+        help="sqlite:///.../mlflow.db, a folder holding mlflow.db, or a server URL like "
+        "http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI, else ./mlflow.db, the store "
+        "trainings started from this folder write to)",
     )
     compare.add_argument("--metric", default=None, help="metric to sort by (default: best_val_mean_dice)")
     compare.add_argument(
@@ -55,9 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     compare.add_argument(
         "--kind",
-        choices=("training", "evaluation", "inference", "all"),
+        choices=("training", "evaluation", "inference", "cross_validation", "all"),
         default="training",
-        help="which runs to list (tag unet_med.run_kind; default: training runs)",
+        help="which runs to list (tag unet_med.run_kind; default: training runs, folds included; "
+        "cross_validation: the parent runs of folds; evaluation/inference runs are read from "
+        "the experiment <experiment>-inference)",
     )
     compare.add_argument("--max-runs", type=int, default=None, help="keep only the best N runs")
     compare.add_argument("--csv", default=None, help="also write the table to this CSV file")
@@ -84,12 +89,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    if not args.tracking_uri:
-        print(
-            "error: no tracking store given: pass --tracking-uri (or set MLFLOW_TRACKING_URI)",
-            file=sys.stderr,
-        )
-        return 2
     # MLflow's HTTP client retries for minutes by default; a comparison should fail quickly instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -106,14 +105,15 @@ def compare(args: argparse.Namespace) -> int:
         safe_file_stem,
         write_table_csv,
     )
-    from unet_med.tracking.store import TrackingStoreError, existing_store_uri
+    from unet_med.tracking.store import TrackingStoreError, default_tracking_uri, existing_store_uri
+    from unet_med.tracking.ui import open_ui_hint
 
     metric = args.metric or DEFAULT_SORT_METRIC
     if args.max_runs is not None and args.max_runs < 1:
         print(f"error: --max-runs must be at least 1, got {args.max_runs}", file=sys.stderr)
         return 2
     try:
-        uri = existing_store_uri(args.tracking_uri)
+        uri = existing_store_uri(args.tracking_uri or default_tracking_uri())
         comparison = compare_runs(
             uri,
             args.experiment,
@@ -142,6 +142,7 @@ def compare(args: argparse.Namespace) -> int:
     )
     if n == 0:
         print("no runs to compare")
+        print(f"MLflow UI: {open_ui_hint(uri, comparison.experiment_id)}")
         return 0
     if comparison.metric_missing:
         print(
@@ -165,4 +166,5 @@ def compare(args: argparse.Namespace) -> int:
         print(f"{curve_metric} curves of {n - len(without)} run(s) written to {plot}")
         if without:
             print(f"no {curve_metric} history in run(s): {', '.join(r[:8] for r in without)}")
+    print(f"MLflow UI: {open_ui_hint(uri, comparison.experiment_id)}")
     return 0

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(out: Path) -> mlflow.entities.Run:
-    client = mlflow.MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    client = mlflow.MlflowClient(f"sqlite:///{out.parent.resolve()}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("unet2d_paper").experiment_id])
     return max(runs, key=lambda r: r.info.start_time)
 
@@ -57,7 +57,7 @@ def test_training_plans_itself_and_explicit_ids_win(planned_run, demo2d):
     run = _run(out)
     assert run.data.params["plan.normalization"] == "ct_dataset"
     assert {"models/plan.json", "models/network.json"} <= {
-        f.path for f in mlflow.MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db").list_artifacts(
+        f.path for f in mlflow.MlflowClient(f"sqlite:///{out.parent.resolve()}/mlflow.db").list_artifacts(
             run.info.run_id, "models")
     }
 

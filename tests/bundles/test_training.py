@@ -31,7 +31,7 @@ def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path, bund
     out = tmp_path / "run"
     log = run_ok(bundle_command("unet2d_paper", "training", ["training.json"], out, demo2d,
                                 "--epochs", "2", "--patch_size", "[4,4]"), cwd=tmp_path)
-    uri = f"sqlite:///{out.resolve()}/mlflow.db"
+    uri = f"sqlite:///{out.parent.resolve()}/mlflow.db"
     assert f"mlflow ui --backend-store-uri {uri}" in log
     # a readable log: no notice about a GPU decoder this machine lacks, no MONAI orientation warnings
     for noise in ("nvImageCodec", "axcodes", "Orientationd", "FutureWarning"):
@@ -62,7 +62,7 @@ def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path, bund
                 "peak_memory_mb"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
     assert {"best_val_mean_dice", "best_epoch"} <= set(run.data.metrics)
-    artifacts = out / "mlartifacts" / run_id / "artifacts"
+    artifacts = out.parent / "mlartifacts" / run_id / "artifacts"
     config = json.loads((artifacts / "config" / "resolved_config.json").read_text())
     assert config["epochs"] == 2 and config["preset"] == "paper"
     # the logged config is the executed one the workflow wrote: files merged, overrides applied
@@ -84,7 +84,8 @@ def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path, bund
     for column in ("dice_cell", "hd95_mm_cell", "assd_mm_cell", "dice_dense_cell", "mean_dice"):
         assert column in table.columns
     assert table["dice_cell"].between(0, 1).all()
-    runs = client.search_runs([client.get_experiment_by_name("unet2d_paper").experiment_id],
+    # evaluation runs have their own experiment, out of the training runs table
+    runs = client.search_runs([client.get_experiment_by_name("unet2d_paper-inference").experiment_id],
                               filter_string="tags.`unet_med.run_kind` = 'evaluation'")
     assert len(runs) == 1 and runs[0].data.tags["unet_med.training_run_id"] == run_id
     assert "test_mean_dice" in runs[0].data.metrics
@@ -98,7 +99,7 @@ def test_3d_bundle_trains_with_dice_ce_on_ct_volumes(tmp_path, bundle_command, r
     out = tmp_path / "run"
     run_ok(bundle_command("unet3d", "training", ["training.json"], out, manifest,
                           "--epochs", "1", "--patch_size", "[4,4,4]", "--cache", "none"), cwd=tmp_path)
-    client = mlflow.MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    client = mlflow.MlflowClient(f"sqlite:///{out.parent.resolve()}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("unet3d").experiment_id])
     assert run.data.params["loss.name"] == "DiceCELoss" and run.data.params["net.preset"] == "cicek3d"
     assert run.data.params["data.input_patch_size"] == "[92, 92, 92]"
@@ -115,6 +116,6 @@ def test_the_command_without_workflow_name_still_trains_and_says_so(demo2d, tmp_
     assert "running without --workflow_name unet_med.bundle.UNetMedWorkflow" in log
     assert torch.load(out / "models" / "model.pt", weights_only=True)
     assert not (out / "executed_configs").exists()
-    client = mlflow.MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    client = mlflow.MlflowClient(f"sqlite:///{out.parent.resolve()}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("unet2d_paper").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"

@@ -22,7 +22,7 @@ def test_two_process_gloo_training(tmp_path, bundle_command, run_ok):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     run_ok(torchrun + command[1:], cwd=tmp_path)  # drop the interpreter: torchrun starts it
 
-    client = mlflow.MlflowClient(f"sqlite:///{Path(out).resolve()}/mlflow.db")
+    client = mlflow.MlflowClient(f"sqlite:///{Path(out).parent.resolve()}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("unet2d_paper").experiment_id])
     assert len(runs) == 1  # rank 1 did not log
     run = runs[0]

@@ -44,7 +44,7 @@ def test_sigkill_then_resume(tmp_path, bundle_command, run_ok):
     final = torch.load(last, weights_only=True)
     assert final["trainer"]["epoch"] == 3 and final["trainer"]["iteration"] == 3 * epoch_length
 
-    client = mlflow.MlflowClient(f"sqlite:///{Path(out).resolve()}/mlflow.db")
+    client = mlflow.MlflowClient(f"sqlite:///{Path(out).parent.resolve()}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("unet2d_paper").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["unet_med.resumed"] == "1"
     assert {m.step for m in client.get_metric_history(run.info.run_id, "val_mean_dice")} == {1, 2, 3}

@@ -24,7 +24,7 @@ from unet_med.inference.report import STAGE_COLUMNS
 from unet_med.networks import UNet
 from unet_med.tracking.linked_runs import TRAINING_RUN_TAG, one_shot_run
 from unet_med.tracking.run_record import write_run_record
-from unet_med.tracking.store import default_tracking_uri
+from unet_med.tracking.store import sqlite_store_uri
 
 
 def _infer(bundle: Path, scans: Path, out: Path, *extra: str) -> int:
@@ -306,7 +306,7 @@ def test_plan_beside_the_checkpoint_is_reported_and_applied(infer_bundle, infer_
 
 def test_track_links_an_ensemble_to_its_first_members_training(infer_bundle, infer_scans, tmp_path, capsys):
     a, b = _fold_runs(infer_bundle, tmp_path / "cv")
-    uri = default_tracking_uri(tmp_path / "cv")
+    uri = sqlite_store_uri(tmp_path / "cv")
     training_ids = []
     for checkpoint in (a, b):  # two fold trainings sharing one store, each with its run record
         with one_shot_run(uri, experiment_name="tiny3d", run_name="training", tags={}) as run_id:
@@ -320,7 +320,8 @@ def test_track_links_an_ensemble_to_its_first_members_training(infer_bundle, inf
                   str(tmp_path / "cv"))  # fmt: skip
     assert code == 0, capsys.readouterr().err[-2000:]
     client = mlflow.MlflowClient(uri)
-    (run,) = client.search_runs([experiment_id], filter_string="tags.`unet_med.run_kind` = 'inference'")
+    inference = client.get_experiment_by_name("tiny3d-inference").experiment_id  # out of the training table
+    (run,) = client.search_runs([inference], filter_string="tags.`unet_med.run_kind` = 'inference'")
     assert run.data.tags[TRAINING_RUN_TAG] == training_ids[0]
     assert run.data.params["infer.checkpoint"] == str(a.resolve())
     assert run.data.params["infer.ensemble_size"] == "2"

@@ -31,6 +31,16 @@ COMMON_PARAMS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def working_dir_store(tmp_path, monkeypatch):
+    """Every tracking test runs in its own working directory, so the default store
+    (``./mlflow.db``) is ``tmp_path/mlflow.db``, and a ``MLFLOW_TRACKING_URI`` of the person
+    running the tests is not written to."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 # -- pictures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def has_colour() -> Callable[[np.ndarray, str], bool]:
@@ -153,7 +163,9 @@ class Training:
             raise AssertionError(f"training in {self.output_dir} ended with {code}:\n{tail}")
 
 
-def _start_training(output_dir: Path, manifest: Path, overrides: dict[str, str]) -> Training:
+def _start_training(
+    output_dir: Path, manifest: Path, overrides: dict[str, str], cwd: Path | None = None
+) -> Training:
     output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir / "training.log"
     command = [
@@ -177,15 +189,16 @@ def _start_training(output_dir: Path, manifest: Path, overrides: dict[str, str])
         *[item for key, value in {**TINY, **overrides}.items() for item in (f"--{key}", value)],
     ]
     with open(log, "wb") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=output_dir)
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=cwd or output_dir)
     return Training(process, output_dir, log)
 
 
 @pytest.fixture(scope="session")
 def start_training() -> Callable[[Path, Path, dict[str, str]], Training]:
-    """``start_training(output_dir, manifest, overrides)``: start a tiny training of the 2D paper
-    bundle into ``output_dir`` (``overrides``, bundle ids to values, replace or add to ``TINY``);
-    call ``.finish(timeout_s)`` on the result to wait for it."""
+    """``start_training(output_dir, manifest, overrides, cwd=None)``: start a tiny training of the
+    2D paper bundle into ``output_dir`` (``overrides``, bundle ids to values, replace or add to
+    ``TINY``) from the working directory ``cwd`` (default ``output_dir``, whose ``mlflow.db`` is
+    then the default store); call ``.finish(timeout_s)`` on the result to wait for it."""
     return _start_training
 
 

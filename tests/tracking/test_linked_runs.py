@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from pipelines.cli import main
+from unet_med.data.manifest import manifest_sha256
 from unet_med.tracking import (
     TRAINING_RUN_TAG,
     TrackingStoreError,
@@ -21,11 +22,11 @@ from unet_med.tracking import (
 from unet_med.tracking.linked_runs import file_sha256, one_shot_run
 from unet_med.tracking.run_record import write_run_record
 from unet_med.tracking.server import free_loopback_port
-from unet_med.tracking.store import default_tracking_uri
+from unet_med.tracking.store import default_tracking_uri, sqlite_store_uri
 
 
 def test_one_shot_run_is_finished_or_failed_and_leaves_no_global_state(tmp_path):
-    uri = default_tracking_uri(tmp_path)
+    uri = default_tracking_uri()
     with one_shot_run(uri, experiment_name="runs", run_name="ok", tags={"k": "v"}) as finished:
         mlflow.log_metric("m", 1.0)
     with pytest.raises(RuntimeError, match="upload broke"):
@@ -44,11 +45,15 @@ def test_one_shot_run_is_finished_or_failed_and_leaves_no_global_state(tmp_path)
     assert experiment.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()
 
 
-def test_evaluation_run_is_linked_to_the_training_of_its_output_folder(tmp_path):
-    uri = default_tracking_uri(tmp_path)
+def test_evaluation_run_is_linked_to_the_training_of_its_output_folder(tmp_path, demo_manifest):
+    """It goes to the training's store (from the run record, not the working directory's), in the
+    experiment <training experiment>-inference, with the test rows of the manifest as its dataset."""
+    uri = sqlite_store_uri(tmp_path / "elsewhere")
     with one_shot_run(uri, experiment_name="tiny_bundle", run_name="training", tags={}) as training_id:
         pass
-    write_run_record(tmp_path, tracking_uri=uri, experiment_id="1", run_id=training_id)
+    experiment_id = mlflow.MlflowClient(uri).get_experiment_by_name("tiny_bundle").experiment_id
+    write_run_record(tmp_path, tracking_uri=uri, experiment_id=experiment_id, run_id=training_id)
+    manifest = demo_manifest(tmp_path / "data")
     csv = tmp_path / "eval" / "per_case_metrics.csv"
     csv.parent.mkdir()
     csv.write_text("subject_id,mean_dice\ncase0,0.5\n")
@@ -58,21 +63,31 @@ def test_evaluation_run_is_linked_to_the_training_of_its_output_folder(tmp_path)
         output_dir=tmp_path,
         bundle_name="tiny_bundle",
         preset="paper",
-        params={"eval.split": "test", "data.patch_size": [4, 4]},
+        params={"eval.split": "test", "data.patch_size": [4, 4], "data.manifest": str(manifest)},
     )
-    run = mlflow.MlflowClient(uri).get_run(run_id)
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "tiny_bundle-inference"
     assert run.info.run_name.startswith("tiny_bundle-paper-eval-")
     assert run.data.metrics == {"test_mean_dice": 0.5}  # NaN left out
-    assert run.data.params == {"eval.split": "test", "data.patch_size": "[4, 4]"}
+    assert run.data.params == {
+        "eval.split": "test", "data.patch_size": "[4, 4]", "data.manifest": str(manifest),
+    }
     assert run.data.tags[TRAINING_RUN_TAG] == training_id
     assert run.data.tags["unet_med.run_kind"] == "evaluation"
-    assert (tmp_path / "mlartifacts" / run_id / "artifacts" / "evaluation" / "per_case_metrics.csv").is_file()
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "data/manifest [test]"
+    assert dataset.dataset.digest == manifest_sha256(manifest)[:16]
+    assert json.loads(dataset.dataset.profile)["cases"] == 1  # the demo manifest's one test image
+    assert {(t.key, t.value) for t in dataset.tags} == {("mlflow.data.context", "testing")}
+    artifacts = tmp_path / "elsewhere" / "mlartifacts"
+    assert (artifacts / run_id / "artifacts" / "evaluation" / "per_case_metrics.csv").is_file()
 
 
-def test_inference_run_goes_to_the_training_experiment_with_its_checkpoint(tmp_path):
+def test_inference_run_goes_to_the_training_experiments_inference_experiment(tmp_path):
     training_dir = tmp_path / "training"
-    uri = default_tracking_uri(training_dir)
+    uri = sqlite_store_uri(training_dir)
     with one_shot_run(uri, experiment_name="tiny_bundle", run_name="training", tags={}) as training_id:
         pass
     experiment_id = mlflow.MlflowClient(uri).get_experiment_by_name("tiny_bundle").experiment_id
@@ -83,15 +98,30 @@ def test_inference_run_goes_to_the_training_experiment_with_its_checkpoint(tmp_p
     report = tmp_path / "out" / "report.csv"
     report.parent.mkdir()
     report.write_text("scan_id,status\na,ok\n")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (scans / name).write_bytes(b"scan")
 
     plan = plan_inference_tracking(checkpoint)
     assert plan.tracking_uri == uri and plan.training.run_id == training_id
     run_id = log_inference_run(
         plan, bundle_name="other_name", bundle_version="1.0", checkpoint=checkpoint, report_path=report,
-        status_counts={"ok": 3, "failed": 1}, seconds=2.5, params={"infer.tta": True},
+        status_counts={"ok": 3, "failed": 1}, seconds=2.5, params={"infer.tta": True}, input_dir=scans,
     )
-    run = mlflow.MlflowClient(uri).get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.experiment_id == experiment_id
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.experiment_id != experiment_id
+    # named after the training's experiment, not the bundle name the inference passed
+    assert client.get_experiment(run.info.experiment_id).name == "tiny_bundle-inference"
+    kind = client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "scans" and len(dataset.dataset.digest) == 16
+    assert json.loads(dataset.dataset.source)["uri"] == str(scans.resolve())
+    profile = json.loads(dataset.dataset.profile)
+    assert profile == {"files": 2, "scans_ok": 3, "scans_failed": 1, "scans_skipped": 0}
+    assert [t.value for t in dataset.tags] == ["inference"]
     assert run.info.run_name.startswith("other_name-infer-")
     assert run.data.metrics == {"scans_ok": 3, "scans_failed": 1, "scans_skipped": 0, "infer_seconds": 2.5}
     assert run.data.params == {
@@ -143,7 +173,7 @@ def test_tracked_inference_is_linked_to_its_training_run(shared_store_trainings,
     out = captured.out
     assert code == 0, captured.err[-2000:]
     client = MlflowClient(trained["uri"])  # the training's store, from its run record
-    experiment = client.get_experiment_by_name("unet2d_paper")
+    experiment = client.get_experiment_by_name("unet2d_paper-inference")
     linked = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`unet_med.training_run_id` = '{training_run_id}'"
     )

@@ -184,13 +184,18 @@ CONTRACT_TAGS = {"bundle.name", "bundle.version", "net.preset", "git.commit", "h
 
 
 def test_two_bundle_trainings_over_http_are_complete_and_compare(
-    server, tmp_path, capsys, demo_manifest, start_training, has_colour
+    server, tmp_path, capsys, demo_manifest, start_training, has_colour, monkeypatch
 ):
     """Two tiny trainings of the 2D paper bundle with different widths and learning rates, at the same
-    time, against the server; both runs carry the promised params, metrics, tags and artifacts, and
-    ``unet-med runs compare`` lists them best first and draws both curves."""
+    time, against the server; both runs carry the promised params, metrics, tags, artifacts, what the
+    MLflow UI shows (model-training experiment, description, dataset inputs, system metrics), and
+    ``unet-med runs compare`` lists them best first, draws both curves and prints the runs-table URL."""
     from mlflow.tracking import MlflowClient
 
+    from unet_med.data.manifest import manifest_sha256
+
+    # MLflow's own setting, inherited by the trainings: a sample a second, so tiny runs get some
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     manifest = demo_manifest(tmp_path / "data")
     settings = {"w4": {"base_width": "4", "lr": "0.01"}, "w8": {"base_width": "8", "lr": "0.05"}}
     trainings = {
@@ -202,6 +207,7 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(
 
     client = MlflowClient(server.url)
     experiment = client.get_experiment_by_name("unet2d_paper")  # default experiment: the bundle name
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI: runs table
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2
     by_width = {run.data.params["net.base_width"]: run for run in runs}
@@ -228,6 +234,25 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(
         assert str(config["base_width"]) == run.data.params["net.base_width"]
         assert "models/model.pt" in [f.path for f in client.list_artifacts(run_id, "models")]
         assert list(server.root.glob(f"mlartifacts/*/{run_id}/artifacts/models/model.pt"))
+        # the description, the dataset inputs (digest = the manifest's content hash), system metrics
+        note = run.data.tags["mlflow.note.content"]
+        best = run.data.metrics["best_val_mean_dice"]
+        assert note.startswith("**unet2d_paper**, preset `paper`; data `data/manifest.csv` (train 4, val 1)")
+        assert f"best validation mean Dice {best:.4f}" in note
+        inputs = {
+            {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset
+            for i in run.inputs.dataset_inputs
+        }
+        assert {c: d.name for c, d in inputs.items()} == {
+            "training": "data/manifest [train]", "validation": "data/manifest [val]",
+        }
+        for context, cases in (("training", 4), ("validation", 1)):
+            assert inputs[context].digest == manifest_sha256(manifest)[:16]
+            assert json.loads(inputs[context].source)["uri"] == str(manifest.resolve())
+            assert json.loads(inputs[context].profile)["cases"] == cases
+        system = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+        assert system and all(0 <= m.value <= 100 * os.cpu_count() for m in system)
+        assert "system/system_memory_usage_megabytes" in run.data.metrics
 
     capsys.readouterr()
     table_csv, png = tmp_path / "compare.csv", tmp_path / "compare.png"
@@ -257,6 +282,8 @@ def test_two_bundle_trainings_over_http_are_complete_and_compare(
     assert "net.preset" not in table.columns  # the same in both runs
     image = imread(png)
     assert has_colour(image, "C0") and has_colour(image, "C1")
+    runs_table = f"{server.url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert f"MLflow UI: open {runs_table}" in out
 
 
 def test_team_server_uses_the_same_flags():
@@ -274,3 +301,36 @@ def test_team_server_uses_the_same_flags():
     assert TrackingServer(
         backend_store_uri="x", artifacts_destination="y", host="0.0.0.0", port=5001
     ).url == ("http://127.0.0.1:5001")
+
+
+def test_folds_creating_their_parent_at_once_on_a_server_end_under_one_parent(server):
+    """No lock on a server: folds racing to create the cross-validation parent converge on the
+    oldest one, and a fold whose parent lost moves to the survivor when it ends."""
+    from mlflow.tracking import MlflowClient
+
+    from unet_med.tracking.folds import canonical_cv_parent, find_or_create_cv_parent
+
+    client = MlflowClient(server.url)
+    experiment = client.create_experiment("cv_race")
+    start = threading.Barrier(3)
+    chosen: list[str] = []
+
+    def fold() -> None:
+        start.wait()
+        chosen.append(find_or_create_cv_parent(
+            MlflowClient(server.url), server.url, experiment, key="0123456789abcdef", run_name="cv",
+            tags={}, params={"train.num_folds": "3"},
+        ))  # fmt: skip
+
+    threads = [threading.Thread(target=fold) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    kind = "tags.`unet_med.run_kind` = 'cross_validation'"
+    (survivor,) = client.search_runs([experiment], filter_string=kind)
+    assert len(chosen) == 3
+    assert canonical_cv_parent(client, experiment, "0123456789abcdef") == survivor.info.run_id
+    # a fold either got the survivor or a parent that was deleted (it moves to the survivor when it ends)
+    for parent in chosen:
+        assert parent == survivor.info.run_id or client.get_run(parent).info.lifecycle_stage == "deleted"

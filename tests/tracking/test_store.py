@@ -22,13 +22,24 @@ from unet_med.tracking.store import (
 )
 
 
-def test_default_store_is_sqlite_in_the_output_folder_and_file_paths_are_refused(tmp_path):
-    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert resolve_tracking_uri("", tmp_path) == default_tracking_uri(tmp_path)
+def test_default_store_is_the_working_directorys_sqlite_store_and_file_paths_are_refused(
+    tmp_path, monkeypatch
+):
+    """Runs started from one folder share one store, whatever their output folder; an explicit URI
+    and $MLFLOW_TRACKING_URI win."""
+    monkeypatch.chdir(tmp_path)
+    expected = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_tracking_uri(None, tmp_path / "run1") == expected
+    assert resolve_tracking_uri("", tmp_path / "run2") == expected == default_tracking_uri()
     assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     for bad in (str(tmp_path / "mlruns"), f"file://{tmp_path}/mlruns"):
         with pytest.raises(TrackingStoreError, match="no longer supports the file store.*sqlite:///"):
             resolve_tracking_uri(bad, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert resolve_tracking_uri(None, tmp_path / "run1") == "http://127.0.0.1:5999"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "mlruns"))
+    with pytest.raises(TrackingStoreError, match=r"\$MLFLOW_TRACKING_URI: .*file store"):
+        default_tracking_uri()
 
 
 def test_a_file_uri_is_refused_by_readers_too(tmp_path):

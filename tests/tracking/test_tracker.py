@@ -3,6 +3,7 @@ contract's names, continued on resume, the executed config logged from the file 
 workflow exports."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -62,19 +63,20 @@ def _tracker(out, resume=False, **config):
         class_names=["background", "cell", "dense_cell"],
         resume=resume,
         flush_every=2,
+        system_metrics_interval_s=None,  # tested over a real server in test_server.py
         **(config or {"config": _CONFIG}),
     )
 
 
 def _only_run(out):
-    client = mlflow.MlflowClient(default_tracking_uri(out))
+    client = mlflow.MlflowClient(default_tracking_uri())  # the working directory's store
     (run,) = client.search_runs([client.get_experiment_by_name("tiny_bundle").experiment_id])
     return client, run
 
 
-def _logged_config(out, run_id):
-    return json.loads(
-        (out / "mlartifacts" / run_id / "artifacts" / "config" / "resolved_config.json").read_text()
+def _logged_config(run_id):
+    return json.loads(  # artifacts next to the working directory's store
+        (Path("mlartifacts") / run_id / "artifacts" / "config" / "resolved_config.json").read_text()
     )
 
 
@@ -82,7 +84,7 @@ def test_one_run_holds_params_tags_per_iteration_loss_and_per_epoch_dice(tmp_pat
     tracker = _tracker(tmp_path)
     _engines(tracker, epochs=2).run()
 
-    client = mlflow.MlflowClient(default_tracking_uri(tmp_path))
+    client = mlflow.MlflowClient(default_tracking_uri())
     experiment = client.get_experiment_by_name("tiny_bundle")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
@@ -101,7 +103,7 @@ def test_one_run_holds_params_tags_per_iteration_loss_and_per_epoch_dice(tmp_pat
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
     dice = [m.value for m in client.get_metric_history(run.info.run_id, "val_mean_dice")]
     assert run.data.metrics["best_val_mean_dice"] == pytest.approx(max(dice))
-    config = _logged_config(tmp_path, run.info.run_id)
+    config = _logged_config(run.info.run_id)
     assert config["network_def"]["_target_"] == "unet_med.networks.create_unet"
     assert json.loads((tmp_path / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
 
@@ -110,7 +112,7 @@ def test_resume_continues_the_same_run(tmp_path):
     _engines(_tracker(tmp_path), epochs=1).run()
     resumed = _tracker(tmp_path, resume=True)
     _engines(resumed, epochs=1).run()
-    client = mlflow.MlflowClient(default_tracking_uri(tmp_path))
+    client = mlflow.MlflowClient(default_tracking_uri())
     runs = client.search_runs([client.get_experiment_by_name("tiny_bundle").experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == resumed.run_id
     assert runs[0].data.tags["unet_med.resumed"] == "1"
@@ -130,7 +132,7 @@ def test_the_executed_config_file_is_logged_as_resolved_config(tmp_path):
     _engines(_tracker(out, config_file=str(executed)), epochs=1).run()
     _, run = _only_run(out)
     assert run.info.status == "FINISHED"
-    assert _logged_config(out, run.info.run_id) == content
+    assert _logged_config(run.info.run_id) == content
 
 
 def test_without_a_config_the_run_has_no_config_artifact(tmp_path):
@@ -145,3 +147,29 @@ def test_a_missing_config_file_is_named_before_a_run_is_created(tmp_path):
     with pytest.raises(FileNotFoundError, match="never_exported.json"):
         _engines(_tracker(tmp_path, config_file=missing), epochs=1).run()
     assert not (tmp_path / "mlflow_run.json").exists()
+
+
+def test_resume_from_another_working_folder_continues_the_run_in_its_store(tmp_path, monkeypatch):
+    """The default store follows the working folder; a resumed training follows its run record."""
+    out = tmp_path / "run"
+    (tmp_path / "first").mkdir()
+    (tmp_path / "later").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    first = _tracker(out)
+    _engines(first, epochs=1).run()
+    monkeypatch.chdir(tmp_path / "later")
+    resumed = _tracker(out, resume=True)
+    _engines(resumed, epochs=1).run()
+    assert resumed.run_id == first.run_id
+    first_store = f"sqlite:///{(tmp_path / 'first').resolve()}/mlflow.db"
+    assert resumed.tracking_uri == first.tracking_uri == first_store
+    assert not (tmp_path / "later" / "mlflow.db").exists()
+
+
+def test_a_run_shorter_than_one_sampling_interval_still_has_system_metrics(tmp_path):
+    tracker = MLflowTracker(tmp_path, bundle_name="tiny_bundle", system_metrics_interval_s=60)
+    tracker.start()
+    tracker.finish()
+    _, run = _only_run(tmp_path)
+    assert 0 <= run.data.metrics["system/cpu_utilization_percentage"] <= 100
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0

@@ -3,6 +3,9 @@
 | module | what it owns |
 | --- | --- |
 | :mod:`~unet_med.tracking.store` | tracking URIs (one policy), store checks, the creation lock, experiments |
+| :mod:`~unet_med.tracking.ui` | what MLflow's UI shows: experiment kind, run descriptions, runs-table URLs |
+| :mod:`~unet_med.tracking.datasets` | manifests and scan folders as MLflow dataset inputs |
+| :mod:`~unet_med.tracking.folds` | cross-validation: fold runs as children of a parent holding the summary |
 | :mod:`~unet_med.tracking.run_record` | ``mlflow_run.json``, run names, shared tags, params as text |
 | :mod:`~unet_med.tracking.tracker` | :class:`MLflowTracker`, the Ignite handler of a training run |
 | :mod:`~unet_med.tracking.linked_runs` | evaluation and batch-inference runs linked to a training |
@@ -10,9 +13,9 @@
 | :mod:`~unet_med.tracking.comparison` | ``unet-med runs compare``: runs table and validation curves |
 | :mod:`~unet_med.tracking.server` | ``unet-med mlflow-server``: an ``mlflow server`` child process |
 
-Every training run is tracked without the user asking: by default in an SQLite store inside the
-run's output folder (``sqlite:///<output_dir>/mlflow.db``, artifacts under
-``<output_dir>/mlartifacts``), or at any ``--tracking_uri``.
+Every training run is tracked without the user asking: by default in ``$MLFLOW_TRACKING_URI``,
+else in one SQLite store in the working directory (``sqlite:///<cwd>/mlflow.db``, artifacts under
+``<cwd>/mlartifacts``) shared by all output folders, or at any ``--tracking_uri``.
 
 The names below are what bundle configs and commands use (``unet_med.tracking.MLflowTracker``,
 ``unet_med.tracking.resolve_tracking_uri(@tracking_uri, @output_dir)``, ...). They are loaded on
@@ -31,6 +34,10 @@ _EXPORTS: dict[str, str] = {
     "SQLITE_STORE_NAME": "store",
     "TrackingStoreError": "store",
     "default_tracking_uri": "store",
+    "sqlite_store_uri": "store",
+    "runs_table_url": "ui",
+    "open_ui_hint": "ui",
+    "inference_experiment_name": "linked_runs",
     "resolve_tracking_uri": "store",
     "existing_store_uri": "store",
     "check_tracking_store": "store",
@@ -74,6 +81,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
     from unet_med.tracking.linked_runs import (  # noqa: F401
         InferenceTracking,
         file_sha256,
+        inference_experiment_name,
         log_evaluation,
         log_inference_run,
         one_shot_run,
@@ -98,5 +106,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
         default_tracking_uri,
         existing_store_uri,
         resolve_tracking_uri,
+        sqlite_store_uri,
     )
     from unet_med.tracking.tracker import CONFIG_ARTIFACT, MLflowTracker  # noqa: F401
+    from unet_med.tracking.ui import open_ui_hint, runs_table_url  # noqa: F401

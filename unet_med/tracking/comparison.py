@@ -152,7 +152,10 @@ def compare_runs(
         filter_string: MLflow search filter, e.g. ``"params.`net.preset` = 'paper'"``.
         run_ids: keep only these runs (full ids or unique prefixes).
         kind: keep only runs of this kind (tag ``unet_med.run_kind``: ``"evaluation"``,
-            ``"inference"``; runs without the tag are ``"training"``); None keeps all.
+            ``"inference"``, ``"cross_validation"`` (the parents of fold runs); runs without the
+            tag are ``"training"``); None keeps all. Evaluation and inference runs live in the
+            experiment ``<experiment>-inference``, which is searched too for those kinds (and
+            for None).
         max_runs: keep the best ``max_runs`` rows after sorting.
 
     Raises:
@@ -163,13 +166,20 @@ def compare_runs(
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from unet_med.tracking.linked_runs import inference_experiment_name
+
     check_tracking_store(tracking_uri, timeout_s=timeout_s)
     client = MlflowClient(tracking_uri)
     found = find_experiment(client, experiment)
+    experiment_ids = [found.experiment_id]
+    if kind not in ("training", "cross_validation"):
+        linked = client.get_experiment_by_name(inference_experiment_name(found.name))
+        if linked is not None and linked.experiment_id != found.experiment_id:
+            experiment_ids.append(linked.experiment_id)
     goal = goal or metric_goal(metric)
     with using_tracking_uri(tracking_uri):
         runs = mlflow.search_runs(
-            experiment_ids=[found.experiment_id], filter_string=filter_string, output_format="pandas"
+            experiment_ids=experiment_ids, filter_string=filter_string, output_format="pandas"
         )
     if kind is not None and not runs.empty:
         kinds = runs.get(f"tags.{RUN_KIND_TAG}", pd.Series([None] * len(runs), index=runs.index))

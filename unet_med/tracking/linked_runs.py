@@ -3,10 +3,21 @@ batch inference with its checkpoint (``unet-med infer --track``).
 
 A training writes ``<output_dir>/mlflow_run.json`` (its store URI, experiment and run id, see
 :mod:`unet_med.tracking.run_record`) next to ``<output_dir>/models/model.pt``. An evaluation or
-inference run is logged to the same store and experiment with the tag
-``unet_med.training_run_id``, so the MLflow UI leads from a model's validation curve to its
-test-set metrics and to the scans it was applied to. An inference run holds the batch's figures
-as metrics and ``report.csv`` (scan ids and relative sources, never patient tags) as an artifact.
+inference run is logged to the same store with the tag ``unet_med.training_run_id``, so the MLflow
+UI leads from a model's validation curve to its test-set metrics and to the scans it was applied
+to. An inference run holds the batch's figures as metrics and ``report.csv`` (scan ids and relative
+sources, never patient tags) as an artifact. Both log the data they read as dataset inputs
+(:mod:`unet_med.tracking.datasets`): the manifest's test rows (context ``testing``), the folder of
+scans (context ``inference``).
+
+They go to their own experiment, ``<training experiment>-inference``
+(:func:`inference_experiment_name`), not to the training experiment. Why an experiment rather than
+a tag that views filter on: MLflow's runs table has no saved default filter, so with a tag every
+user would have to type the filter on every visit, and the table's metric columns and charts
+would mix validation Dice with test Dice and scan counts. In their own experiment the training
+table stays a table of trainings, and the evaluations sit side by side in a table of their own,
+with the same columns. The tag ``unet_med.run_kind`` still tells the kinds apart, and
+``unet-med runs compare --kind evaluation`` finds them under the training experiment's name.
 
 Each of these runs is written in one go by :func:`one_shot_run` (``mlflow.start_run`` as a
 context manager: FINISHED when the block ends, FAILED when it raises).
@@ -44,6 +55,8 @@ from unet_med.tracking.store import (
 )
 
 __all__ = [
+    "INFERENCE_EXPERIMENT_SUFFIX",
+    "inference_experiment_name",
     "TRAINING_RUN_TAG",
     "TrainingRunRecord",
     "one_shot_run",
@@ -54,6 +67,30 @@ __all__ = [
     "plan_inference_tracking",
     "log_inference_run",
 ]
+
+
+#: Suffix of the experiment holding a training experiment's evaluation and inference runs.
+INFERENCE_EXPERIMENT_SUFFIX = "-inference"
+
+
+def inference_experiment_name(training_experiment: str) -> str:
+    """``<training_experiment>-inference``: where evaluation and inference runs of the models of
+    ``training_experiment`` go (see the module docstring for why)."""
+    if training_experiment.endswith(INFERENCE_EXPERIMENT_SUFFIX):
+        return training_experiment
+    return training_experiment + INFERENCE_EXPERIMENT_SUFFIX
+
+
+def _training_experiment_name(tracking_uri: str, training: TrainingRunRecord | None) -> str | None:
+    """The name of the training's experiment when it lives in ``tracking_uri``'s store."""
+    if training is None or training.tracking_uri != tracking_uri or training.experiment_id is None:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return prepare_store(tracking_uri).get_experiment(training.experiment_id).name
+    except MlflowException:
+        return None
 
 
 @contextlib.contextmanager
@@ -101,22 +138,40 @@ def log_evaluation(
     """Record an evaluation as its own MLflow run (``<bundle>-<preset>-eval-<time>``) with the
     summary ``metrics`` (NaN values left out), ``params`` and the per-case CSV as artifact
     ``evaluation/``; linked to the training run of ``output_dir`` by the tag
-    ``unet_med.training_run_id`` when that run is known. Returns the run id."""
+    ``unet_med.training_run_id`` when that run is known. Returns the run id.
+
+    The store is ``tracking_uri`` when given, else the training's (from its run record), else the
+    default store; the experiment is ``<experiment_name or bundle_name>-inference``. When
+    ``params`` name the manifest (``data.manifest``) and split (``eval.split``, default
+    ``test``), those rows are logged as a dataset input with context ``testing``."""
     import mlflow
 
-    uri = resolve_tracking_uri(tracking_uri, output_dir)
+    from unet_med.tracking.datasets import SPLIT_CONTEXTS, log_dataset_inputs, manifest_dataset
+
+    training = read_run_record(output_dir)
+    if tracking_uri is None and training is not None:
+        uri = training.tracking_uri
+    else:
+        uri = resolve_tracking_uri(tracking_uri, output_dir)
     check_tracking_uri(uri)
     tags = bundle_tags(bundle_name, bundle_version, preset)
     tags[RUN_KIND_TAG] = "evaluation"
-    training = read_run_record(output_dir)
     if training is not None:
         tags[TRAINING_RUN_TAG] = training.run_id
     name = run_name_for(bundle_name, f"{preset}-eval")
-    experiment = experiment_name or bundle_name
+    experiment = inference_experiment_name(
+        experiment_name or _training_experiment_name(uri, training) or bundle_name
+    )
+    params = dict(params or {})
+    manifest = params.get("data.manifest")
+    split = str(params.get("eval.split") or "test")
     with one_shot_run(uri, experiment_name=experiment, run_name=name, tags=tags) as run_id:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v}, step=0)  # NaN: not logged
-        mlflow.log_params({k: param_value(v) for k, v in (params or {}).items()})
+        mlflow.log_params({k: param_value(v) for k, v in params.items()})
         mlflow.log_artifact(str(csv_path), "evaluation")
+        if manifest and split in SPLIT_CONTEXTS:
+            dataset = manifest_dataset(manifest, split)
+            log_dataset_inputs(mlflow.MlflowClient(uri), run_id, {SPLIT_CONTEXTS[split]: dataset})
     return run_id
 
 
@@ -190,12 +245,15 @@ def log_inference_run(
     status_counts: Mapping[str, int],
     seconds: float,
     params: Mapping[str, Any] | None = None,
+    input_dir: str | os.PathLike | None = None,
 ) -> str:
     """Log one finished batch inference as an MLflow run (``<bundle>-infer-<time>``); returns its
     run id.
 
-    The run goes to the training run's experiment when the training is known and it shares the
-    store, else to ``plan.experiment_name`` or ``bundle_name``. Params: ``infer.checkpoint``,
+    The run goes to ``plan.experiment_name`` when given, else to ``<training experiment>-inference``
+    when the training is known and shares the store, else to ``<bundle_name>-inference``. With
+    ``input_dir`` (the folder of scans) that folder is logged as a dataset input (context
+    ``inference``; profile: files and scans ok/failed/skipped). Params: ``infer.checkpoint``,
     ``infer.checkpoint_sha256`` and ``params`` (flat keys, values as ``str``); metrics:
     ``scans_ok``, ``scans_failed``, ``scans_skipped``, ``infer_seconds`` (wall time of the batch,
     s); tags: ``bundle.name``, ``bundle.version``, ``git.commit``, ``unet_med.run_kind=inference``
@@ -203,11 +261,12 @@ def log_inference_run(
     """
     import mlflow
 
+    from unet_med.tracking.datasets import folder_dataset, log_dataset_inputs
+
     training = plan.training
-    same_store = training is not None and training.tracking_uri == plan.tracking_uri
-    experiment_id = None
-    if plan.experiment_name is None and same_store and training.experiment_id is not None:
-        experiment_id = training.experiment_id
+    experiment = plan.experiment_name or inference_experiment_name(
+        _training_experiment_name(plan.tracking_uri, training) or bundle_name
+    )
     tags = bundle_tags(bundle_name, bundle_version)
     tags[RUN_KIND_TAG] = "inference"
     if training is not None:
@@ -221,12 +280,15 @@ def log_inference_run(
     metrics["infer_seconds"] = float(seconds)
     with one_shot_run(
         plan.tracking_uri,
-        experiment_name=plan.experiment_name or bundle_name,
-        experiment_id=experiment_id,
+        experiment_name=experiment,
         run_name=run_name_for(bundle_name, "infer"),
         tags=tags,
     ) as run_id:
         mlflow.log_metrics(metrics, step=0)
         mlflow.log_params(all_params)
         mlflow.log_artifact(str(report_path), "inference")
+        if input_dir is not None:
+            scans = {f"scans_{s}": int(status_counts.get(s, 0)) for s in ("ok", "failed", "skipped")}
+            dataset = folder_dataset(input_dir, profile=scans)
+            log_dataset_inputs(mlflow.MlflowClient(plan.tracking_uri), run_id, {"inference": dataset})
     return run_id

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from unet_med.tracking.store import default_tracking_uri
+from unet_med.tracking.store import sqlite_store_uri
 
 __all__ = [
     "DEFAULT_PORT",
@@ -222,4 +222,4 @@ def local_store_locations(folder: str | os.PathLike) -> tuple[str, str]:
     ``<folder>/mlflow.db`` and the absolute path of the artifact folder ``<folder>/mlartifacts``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return default_tracking_uri(folder), str((folder / "mlartifacts").resolve())
+    return sqlite_store_uri(folder), str((folder / "mlartifacts").resolve())

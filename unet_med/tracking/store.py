@@ -1,20 +1,27 @@
 """Where MLflow runs live: turning what a user types into a tracking URI, and checking that the
 store answers before any work is done.
 
-A tracking store is either an embedded SQLite file (``sqlite:///<output_dir>/mlflow.db``, no
-server needed) or an MLflow tracking server (``http://127.0.0.1:5000``, or any database URI
-MLflow takes). One policy for what a user may type:
+A tracking store is either an embedded SQLite file (``sqlite:///<folder>/mlflow.db``, no server
+needed) or an MLflow tracking server (``http://127.0.0.1:5000``, or any database URI MLflow takes).
+One policy for what a user may type:
 
 * a URI with a scheme (``sqlite:///``, ``http(s)://``, ``postgresql://``, ...) is used as given;
-* nothing (None, ``""``, ``"none"``, ``"null"``, ``"default"``) means the default store of the
-  run's output folder (:func:`default_tracking_uri`);
+* nothing (None, ``""``, ``"none"``, ``"null"``, ``"default"``) means the default store
+  (:func:`default_tracking_uri`): ``$MLFLOW_TRACKING_URI`` when set, else one SQLite store in the
+  working directory, ``./mlflow.db`` (artifacts in ``./mlartifacts``);
 * ``file:`` URIs and plain paths are refused with a hint: MLflow 3 no longer serves the file
   store (it raises unless ``MLFLOW_ALLOW_FILE_STORE`` is set), and a path is ambiguous for a
   store that may not exist yet (a database file? a folder?).
 
+Why one store per working directory rather than one per output folder: runs are compared inside
+one store (the UI and ``unet-med runs compare`` show one store at a time), so two trainings a
+user starts from the project folder with different ``--output_dir`` must land side by side. It is
+also MLflow's own default (``mlflow.get_tracking_uri()`` is ``sqlite:///mlflow.db`` in MLflow 3),
+so a plain ``mlflow ui`` started in that folder opens the same runs.
+
 :func:`resolve_tracking_uri` applies it for runs that write (training, evaluation). Commands
 that read runs (``unet-med runs compare``) take one more form, :func:`existing_store_uri`: a path
-to an SQLite file or to an output folder holding ``mlflow.db``. That is no longer ambiguous,
+to an SQLite file or to a folder holding ``mlflow.db``. That is no longer ambiguous,
 because the store must exist and can be looked at; it is a separate function so that a path
 never silently creates a new store.
 
@@ -24,7 +31,7 @@ Two failure modes are worth catching before MLflow itself sees the URI:
 * an unreachable server: MLflow's HTTP client retries with exponential back-off for minutes
   before it gives up, so a short probe of the server's ``/health`` endpoint answers in seconds.
 
-Two trainings may share one SQLite store. MLflow creates and migrates a new SQLite database on
+Many trainings share one SQLite store. MLflow creates and migrates a new SQLite database on
 first use without any guard, so two processes opening a fresh store at the same time both fail
 ("Online migration expected to match one row ..."); :func:`prepare_store` serialises that first
 open with a file lock, and :func:`get_or_create_experiment` survives two processes creating the
@@ -45,6 +52,7 @@ from pathlib import Path
 __all__ = [
     "SQLITE_STORE_NAME",
     "TrackingStoreError",
+    "sqlite_store_uri",
     "default_tracking_uri",
     "resolve_tracking_uri",
     "existing_store_uri",
@@ -60,8 +68,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File name of the embedded store inside an output folder (the bundles' default).
+#: File name of the embedded store inside its folder (the working directory by default).
 SQLITE_STORE_NAME = "mlflow.db"
+#: Environment variable naming the default store (MLflow's own).
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 _DEFAULT_WORDS = ("", "none", "null", "default")
 
 
@@ -70,9 +80,26 @@ class TrackingStoreError(RuntimeError):
     unwritable folder, file store)."""
 
 
-def default_tracking_uri(output_dir: str | os.PathLike) -> str:
-    """``sqlite:///<absolute output_dir>/mlflow.db``: an embedded store, no server needed."""
-    return "sqlite:///" + str(Path(output_dir).resolve() / SQLITE_STORE_NAME)
+def sqlite_store_uri(folder: str | os.PathLike) -> str:
+    """``sqlite:///<absolute folder>/mlflow.db``: the embedded store kept in ``folder``."""
+    return "sqlite:///" + str(Path(folder).resolve() / SQLITE_STORE_NAME)
+
+
+def default_tracking_uri(working_dir: str | os.PathLike | None = None) -> str:
+    """The store a run uses when none is given: ``$MLFLOW_TRACKING_URI`` when set, else the
+    embedded store of the working directory (``working_dir``, default the process's current
+    folder): ``sqlite:///<working_dir>/mlflow.db``.
+
+    Raises:
+        TrackingStoreError: ``$MLFLOW_TRACKING_URI`` is a plain path or ``file:`` URI.
+    """
+    from_env = os.environ.get(TRACKING_URI_ENV, "").strip()
+    if from_env:
+        try:
+            return _refuse_file_store(from_env)
+        except TrackingStoreError as error:
+            raise TrackingStoreError(f"${TRACKING_URI_ENV}: {error}") from None
+    return sqlite_store_uri(working_dir if working_dir is not None else Path.cwd())
 
 
 def _refuse_file_store(uri: str) -> str:
@@ -88,23 +115,27 @@ def _refuse_file_store(uri: str) -> str:
     return uri
 
 
-def resolve_tracking_uri(tracking_uri: str | None, output_dir: str | os.PathLike) -> str:
-    """The URI a run writes to: ``tracking_uri`` when given (and not empty/"none"), else the
-    default SQLite store in ``output_dir``.
+def resolve_tracking_uri(tracking_uri: str | None, output_dir: str | os.PathLike | None = None) -> str:
+    """The URI a run writes to: ``tracking_uri`` when given (and not empty/"none"), else
+    :func:`default_tracking_uri` (``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
+
+    ``output_dir`` no longer chooses the store (runs of all output folders share the working
+    directory's store, see the module docstring); it is accepted so that bundle configs written
+    as ``resolve_tracking_uri(@tracking_uri, @output_dir)`` keep working.
 
     Raises:
         TrackingStoreError: ``tracking_uri`` is a plain path or a ``file:`` URI (see the module
             docstring for why).
     """
     if tracking_uri is None or str(tracking_uri).strip().lower() in _DEFAULT_WORDS:
-        return default_tracking_uri(output_dir)
+        return default_tracking_uri()
     return _refuse_file_store(str(tracking_uri).strip())
 
 
 def existing_store_uri(location: str | os.PathLike) -> str:
     """The URI of an existing store named the way users type it when reading runs: a URI (as
     :func:`resolve_tracking_uri` takes it), the path of an SQLite store file, or a folder holding
-    ``mlflow.db`` (a bundle's ``output_dir``). Paths become absolute ``sqlite:///`` URIs.
+    ``mlflow.db`` (the folder trainings were started from). Paths become absolute ``sqlite:///`` URIs.
 
     Raises:
         TrackingStoreError: a ``file:`` URI, or a path that is neither an SQLite file nor a folder
@@ -124,7 +155,7 @@ def existing_store_uri(location: str | os.PathLike) -> str:
         path = candidate
     elif not path.is_file():
         raise TrackingStoreError(
-            f"no MLflow store at {path}: expected an SQLite file (e.g. <output_dir>/{SQLITE_STORE_NAME}), "
+            f"no MLflow store at {path}: expected an SQLite file (e.g. ./{SQLITE_STORE_NAME}), "
             "a folder holding one, or a tracking URI such as http://127.0.0.1:5000"
         )
     return f"sqlite:///{path.resolve()}"
@@ -143,8 +174,8 @@ def sqlite_store_path(uri: str) -> Path | None:
 
 def artifact_location_for(tracking_uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: for an SQLite store ``mlartifacts`` next to
-    the database file (``<output_dir>/mlartifacts`` for the default store); for a server, the
-    server decides (None)."""
+    the database file (``./mlartifacts`` for the default store); for a server, the server
+    decides (None)."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
         return (db.parent / "mlartifacts").resolve().as_uri()
@@ -184,7 +215,7 @@ def check_tracking_store(uri: str, *, timeout_s: float = 5.0, must_exist: bool =
         raise TrackingStoreError(
             f"cannot reach the MLflow tracking server at {uri} ({reason}) within {timeout_s:g} s; "
             "start one with `unet-med mlflow-server` (or `make mlflow`), or use the embedded store "
-            f"with a path/URI like sqlite:///<output_dir>/{SQLITE_STORE_NAME}"
+            f"with a path/URI like sqlite:///<project folder>/{SQLITE_STORE_NAME}"
         ) from error
 
 
@@ -199,7 +230,10 @@ def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
     Raises:
         TrackingStoreError: naming the URI, the cause and the ``--tracking_uri`` fix.
     """
-    hint = "pass --tracking_uri with a reachable store (default: sqlite:///<output_dir>/mlflow.db)"
+    hint = (
+        "pass --tracking_uri with a reachable store (default: $MLFLOW_TRACKING_URI, else "
+        f"sqlite:///<working directory>/{SQLITE_STORE_NAME})"
+    )
     if tracking_uri.startswith(("http://", "https://")):
         check_tracking_store(tracking_uri, timeout_s=timeout_s, must_exist=False)
         return
@@ -258,19 +292,29 @@ def prepare_store(uri: str):
 
 def get_or_create_experiment(client, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name``, created (with ``artifact_location``) when missing. When
-    another process creates it in between, that experiment is used."""
+    another process creates it in between, that experiment is used.
+
+    Every experiment it returns is tagged as a model-training experiment
+    (:func:`unet_med.tracking.ui.mark_model_training`), so MLflow's UI opens it on the runs table;
+    an experiment made by an older version of the project gets the tag on first use, one whose
+    kind a user chose is left alone.
+    """
     from mlflow.exceptions import MlflowException
+
+    from unet_med.tracking.ui import experiment_tags, mark_model_training
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        mark_model_training(client, experiment)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags=experiment_tags())
     except MlflowException as error:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         logger.debug("experiment %r was created concurrently (%s)", name, error.error_code)
+        mark_model_training(client, experiment)
         return experiment.experiment_id
 
 

@@ -4,8 +4,14 @@ Names are flat and stable so runs compare across bundles: params ``net.preset``,
 ``data.manifest_sha256``, ...; metrics ``train_loss`` (step = iteration), ``val_mean_dice`` and
 ``val_dice_<class>`` (step = epoch), ``best_val_mean_dice``, ``best_epoch``, ``epoch_time_s``,
 ``samples_per_s``, ``peak_memory_mb``; tags ``bundle.name``, ``bundle.version``, ``net.preset``,
-``git.commit``, ``host.device``; artifacts ``config/resolved_config.json`` (the executed config),
-``models/``, ``plots/``, ``overlays/`` (logged by the handlers that write them).
+``git.commit``, ``host.device``, the description ``mlflow.note.content``, MLflow's
+``mlflow.source.name``/``mlflow.source.git.commit`` (the runs table's Source); artifacts
+``config/resolved_config.json`` (the executed config), ``models/``, ``plots/``, ``overlays/`` (logged
+by the handlers that write them); the manifest's training and validation rows as dataset inputs
+(:mod:`unet_med.tracking.datasets`); MLflow's system metrics (``system/cpu_utilization_percentage``,
+``system/system_memory_usage_megabytes``, ``system/gpu_*`` with ``nvidia-ml-py`` installed, ...).
+A fold of a cross-validation is a child run of the cross-validation's parent run
+(:mod:`unet_med.tracking.folds`).
 
 The executed config reaches the tracker by file, as in MONAI's own bundle tracking
 (``monai/bundle/workflows.py``, ``patch_bundle_tracking``): the bundle workflow exports the
@@ -41,6 +47,7 @@ from unet_med.tracking.store import (
     prepare_store,
     resolve_tracking_uri,
 )
+from unet_med.tracking.ui import NOTE_TAG, open_ui_hint, run_description
 
 __all__ = ["MLflowTracker", "CONFIG_ARTIFACT"]
 
@@ -49,6 +56,15 @@ logger = logging.getLogger(__name__)
 #: Artifact holding the executed config of a training.
 CONFIG_ARTIFACT = "config/resolved_config.json"
 _BATCH_LIMIT = 1000  # MLflow's limit on metrics per log_batch call
+#: Seconds between two samples of MLflow's system metrics (MLflow's default; its environment
+#: variable ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides it).
+SYSTEM_METRICS_INTERVAL_S = 10.0
+
+
+def _system_metrics_wanted(interval_s: float | None) -> bool:
+    """False when ``interval_s`` is None/0 or ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is set false."""
+    flag = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower()
+    return bool(interval_s) and flag not in ("false", "0", "no")
 
 
 def _peak_memory_mb(device: torch.device | None) -> float:
@@ -85,7 +101,9 @@ class MLflowTracker:
         preset: the network preset (``net.preset`` tag, run name).
         params: flat params (``net.base_width``, ``optim.lr``, ...); values are logged as text
             (sequences as JSON).
-        tracking_uri: store URI; None means ``sqlite:///<output_dir>/mlflow.db``.
+        tracking_uri: store URI; None means the default store (``$MLFLOW_TRACKING_URI``, else
+            ``./mlflow.db`` in the working directory, shared by all output folders), or, when
+            resuming, the store of the run being continued.
         experiment_name: None means ``bundle_name``.
         class_names: names of the classes, background first; ``val_dice_<name>`` per class
             (the background class excluded when the per-class metric leaves it out).
@@ -102,6 +120,15 @@ class MLflowTracker:
         config: a config mapping to log instead of ``config_file`` (for library use and tests).
         resolved: resolved values of the top-level hyperparameters, added to the logged config
             under ``"_resolved_"``.
+        manifest: the training manifest; its ``train`` and ``val`` rows (of ``fold`` when given)
+            are logged as dataset inputs (contexts ``training``/``validation``) and named in the
+            run's description. None logs no dataset.
+        fold / num_folds / fold_seed: the cross-validation fold this training is; with a
+            ``fold`` the run becomes a child of the cross-validation's parent run
+            (:mod:`unet_med.tracking.folds`), which needs ``manifest`` for its key.
+        system_metrics_interval_s: seconds between samples of MLflow's system metrics (CPU, memory,
+            disk, network; GPU when ``nvidia-ml-py`` is installed), logged as ``system/*`` while the
+            run is open; None or 0 (or ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false``) turns them off.
     """
 
     def __init__(
@@ -124,13 +151,18 @@ class MLflowTracker:
         config_file: str | os.PathLike | None = None,
         config: Mapping[str, Any] | None = None,
         resolved: Mapping[str, Any] | None = None,
+        manifest: str | os.PathLike | None = None,
+        fold: int | None = None,
+        num_folds: int | None = None,
+        fold_seed: int = 0,
+        system_metrics_interval_s: float | None = SYSTEM_METRICS_INTERVAL_S,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.bundle_name = bundle_name
         self.bundle_version = str(bundle_version)
         self.preset = preset
         self.params = dict(params or {})
-        self.tracking_uri = resolve_tracking_uri(tracking_uri, output_dir)
+        self.tracking_uri = self._store_for(tracking_uri, output_dir, resume)
         self.experiment_name = experiment_name or bundle_name
         self.class_names = [str(c) for c in class_names]
         self.resume = bool(resume)
@@ -148,8 +180,34 @@ class MLflowTracker:
         self.config_file = Path(config_file) if config_file is not None else None
         self.config = jsonable(dict(config)) if config is not None else None
         self.resolved = jsonable(dict(resolved)) if resolved is not None else None
+        self.manifest = Path(manifest).resolve() if manifest is not None else None
+        self.fold = int(fold) if fold is not None else None
+        self.num_folds = int(num_folds) if num_folds is not None else None
+        self.fold_seed = int(fold_seed or 0)
+        if self.fold is not None and self.manifest is None:
+            raise ValueError(
+                f"MLflowTracker: fold {self.fold} given without a manifest; the cross-validation's "
+                "parent run is found by the manifest's content hash (pass manifest=@manifest)"
+            )
+        self.system_metrics_interval_s = system_metrics_interval_s
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._cases: dict[str, int] = {}
+        self._system_metrics = None
         if self.enabled:
             check_tracking_uri(self.tracking_uri)
+
+    @staticmethod
+    def _store_for(tracking_uri: str | None, output_dir: str | os.PathLike, resume: bool) -> str:
+        """The store to write to: ``tracking_uri`` when given; when resuming without one, the store
+        the output folder's run record names (the default store depends on the working folder, and
+        a resumed training started from another folder must still continue its run); else the
+        default store."""
+        resolved = resolve_tracking_uri(tracking_uri, output_dir)
+        if not resume or resolved != resolve_tracking_uri(None):  # nothing to continue, or a store given
+            return resolved
+        record = read_run_record(output_dir)
+        return record.tracking_uri if record is not None else resolved
 
     # -- run life cycle -------------------------------------------------------------------------
     def attach(self, engine) -> None:
@@ -218,6 +276,11 @@ class MLflowTracker:
         previous = self._previous_run_id()
         tags = bundle_tags(self.bundle_name, self.bundle_version, self.preset)
         tags["host.device"] = str(self.device or "cpu")
+        # the runs table's Source column: the command and the commit that ran
+        tags["mlflow.source.type"] = "LOCAL"
+        tags["mlflow.source.name"] = f"monai.bundle run training ({self.bundle_name})"
+        if tags.get("git.commit", "unknown") != "unknown":
+            tags["mlflow.source.git.commit"] = tags["git.commit"]
         if previous is not None:
             run = self.client.get_run(previous)
             self.run_id = run.info.run_id
@@ -225,11 +288,15 @@ class MLflowTracker:
             resumed = int(run.data.tags.get("unet_med.resumed", "0")) + 1
             self.client.set_tag(self.run_id, "unet_med.resumed", str(resumed))
             logged = run.data.params
+            self.parent_run_id = run.data.tags.get("mlflow.parentRunId")
             metric = run.data.metrics
             if "best_val_mean_dice" in metric:
                 best_epoch = int(metric.get("best_epoch", -1))
                 self._best = (metric["best_val_mean_dice"], best_epoch)
         else:
+            if self.fold is not None:
+                self.parent_run_id = self._cv_parent(experiment_id, tags)
+                tags.update(self._fold_tags())
             run = self.client.create_run(
                 experiment_id, run_name=run_name_for(self.bundle_name, self.preset), tags=tags
             )
@@ -240,6 +307,7 @@ class MLflowTracker:
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         if previous is None:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.experiment_id = experiment_id
         write_run_record(
             self.output_dir, tracking_uri=self.tracking_uri, experiment_id=experiment_id, run_id=self.run_id
         )
@@ -247,18 +315,135 @@ class MLflowTracker:
             self.log_dict(config, CONFIG_ARTIFACT)
         else:
             logger.debug("no config_file given: run %s gets no %s artifact", self.run_id, CONFIG_ARTIFACT)
+        if self.manifest is not None:
+            from unet_med.tracking.datasets import log_manifest_inputs
+
+            self._cases = log_manifest_inputs(
+                self.client, self.run_id, self.manifest,
+                fold=self.fold, num_folds=self.num_folds, fold_seed=self.fold_seed,
+            )
+        self._describe()
+        self._start_system_metrics(resume=previous is not None)
         logger.info(
-            "MLflow run %s (%s) in %s; open the UI with: mlflow ui --backend-store-uri %s",
-            self.run_id, "resumed" if previous else "new", self.tracking_uri, self.tracking_uri,
+            "MLflow run %s (%s) in %s; to see it: %s",
+            self.run_id, "resumed" if previous else "new", self.tracking_uri, self.ui_hint(),
         )
         return self.run_id
+
+    def ui_hint(self) -> str:
+        """How to open this run's experiment on the runs table
+        (:func:`unet_med.tracking.ui.open_ui_hint`)."""
+        return open_ui_hint(self.tracking_uri, self.experiment_id or "0")
+
+    def _describe(self, status: str | None = None) -> None:
+        """Set the run's description (``mlflow.note.content``): bundle, preset, data, best Dice."""
+        best, epoch = self._best
+        note = run_description(
+            bundle=self.bundle_name, preset=self.preset, manifest=self.manifest, cases=self._cases,
+            fold=self.fold, num_folds=self.num_folds,
+            best_dice=best if best >= 0 else None, best_epoch=epoch, status=status,
+        )
+        self.client.set_tag(self.run_id, NOTE_TAG, note)
+
+    # -- system metrics -------------------------------------------------------------------------
+    def _start_system_metrics(self, *, resume: bool) -> None:
+        """Start MLflow's system-metrics sampler on this run (a daemon thread; it stops by itself
+        when the run is no longer RUNNING). Written through MLflow's own
+        ``SystemMetricsMonitor`` rather than ``mlflow.start_run(log_system_metrics=True)`` because
+        this run is not the fluent API's active run (see the class docstring)."""
+        if not _system_metrics_wanted(self.system_metrics_interval_s):
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._system_metrics = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=float(self.system_metrics_interval_s),
+                resume_logging=resume,
+                tracking_uri=self.tracking_uri,
+            )
+            self._system_metrics.start()
+        except (ImportError, TypeError) as error:  # psutil missing, or an MLflow older than 2.16's API
+            logger.warning("no system metrics for run %s (%s); pip install psutil", self.run_id, error)
+            self._system_metrics = None
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the sampler and write a last sample covering the interval it was in: MLflow's
+        sampler drops that partial interval, so a run shorter than one interval (or the last
+        minutes of a long one with a long interval) would otherwise have no system metrics."""
+        monitor, self._system_metrics = self._system_metrics, None
+        if monitor is None:
+            return
+        try:
+            monitor.finish()  # joins the sampling thread and writes what it published
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as error:  # a sampler failing at the end must not fail the training
+            logger.warning("system metrics of run %s not completed (%s)", self.run_id, error)
+
+    # -- cross-validation -----------------------------------------------------------------------
+    def _fold_tags(self) -> dict[str, str]:
+        from unet_med.tracking.folds import CV_GROUP_TAG, FOLD_TAG, PARENT_TAG
+
+        return {
+            PARENT_TAG: self.parent_run_id,
+            FOLD_TAG: str(self.fold),
+            CV_GROUP_TAG: self._cv_key(),
+        }
+
+    def _cv_key(self) -> str:
+        from unet_med.data.manifest import manifest_sha256
+        from unet_med.tracking.folds import cv_group_key
+
+        digest = manifest_sha256(self.manifest)
+        return cv_group_key(self.bundle_name, digest, self.num_folds or 5, self.fold_seed)
+
+    def _cv_parent(self, experiment_id: str, tags: Mapping[str, str]) -> str:
+        """The cross-validation's parent run (found or created, :mod:`unet_med.tracking.folds`)."""
+        from unet_med.data.manifest import manifest_sha256
+        from unet_med.tracking.datasets import manifest_label
+        from unet_med.tracking.folds import find_or_create_cv_parent
+
+        num_folds = self.num_folds or 5
+        key = self._cv_key()
+        return find_or_create_cv_parent(
+            self.client, self.tracking_uri, experiment_id, key=key,
+            run_name=f"{self.bundle_name}-{self.preset}-cv{num_folds}-{key[:8]}",
+            tags={k: v for k, v in tags.items() if k != "host.device"},
+            params={
+                "data.manifest": str(self.manifest),
+                "data.manifest_label": manifest_label(self.manifest),
+                "data.manifest_sha256": manifest_sha256(self.manifest),
+                "train.num_folds": str(num_folds),
+                "train.fold_seed": str(self.fold_seed),
+                "net.preset": self.preset,
+            },
+        )
+
+    def _update_cv_parent(self) -> None:
+        if self.parent_run_id is None or self.fold is None:
+            return
+        from unet_med.tracking.folds import PARENT_TAG, canonical_cv_parent, update_cv_summary
+
+        try:
+            canonical = canonical_cv_parent(self.client, self.experiment_id, self._cv_key())
+            if canonical is not None and canonical != self.parent_run_id:  # lost a creation race
+                self.client.set_tag(self.run_id, PARENT_TAG, canonical)
+                self.parent_run_id = canonical
+            update_cv_summary(self.client, self.parent_run_id, self.num_folds or 5)
+        except Exception as error:  # the fold's own run is complete; the summary is derived
+            logger.warning("cross-validation summary of run %s not updated (%s)", self.parent_run_id, error)
 
     def finish(self, engine=None) -> None:
         """Flush pending metrics and mark the run FINISHED."""
         if self.client is None or self.run_id is None:
             return
         self.flush()
+        self._stop_system_metrics()
+        self._describe()
         self.client.set_terminated(self.run_id, status="FINISHED")
+        self._update_cv_parent()
         history = self.client.get_metric_history(self.run_id, "val_mean_dice")
         if history:
             last = max(history, key=lambda m: (m.step, m.timestamp))
@@ -267,15 +452,17 @@ class MLflowTracker:
                 last.value, last.step, self._best[0], self._best[1],
             )
         logger.info(
-            "MLflow run %s finished in %s; open the UI with: mlflow ui --backend-store-uri %s",
-            self.run_id, self.tracking_uri, self.tracking_uri,
+            "MLflow run %s finished in %s; to see it: %s", self.run_id, self.tracking_uri, self.ui_hint()
         )
 
     def fail(self, engine=None, error: BaseException | None = None) -> None:
         """Flush and mark the run FAILED, then let the exception propagate."""
         if self.client is not None and self.run_id is not None:
             self.flush()
+            self._stop_system_metrics()
+            self._describe(status="failed")
             self.client.set_terminated(self.run_id, status="FAILED")
+            self._update_cv_parent()
         if error is not None:
             raise error
 
