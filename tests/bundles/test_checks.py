@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "bundles" / "schema" / "meta_schema.json"
 BUNDLES = ["unet2d_paper", "unet3d"]
 PRESET_DEPTH = {"unet2d_paper": 4, "unet3d": 3}  # the presets' poolings (paper, cicek3d)
+PRESET_NORM = {"unet2d_paper": "none", "unet3d": "batch"}
 CONFIG_FILES = ["metadata.json", "training.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
                 "logging.conf"]
 
@@ -46,12 +47,12 @@ def test_network_input_output_channels_dtype_and_valid_sizes(bundle):
     meta = str(_configs(bundle) / "metadata.json")
     config = str(_configs(bundle) / "training.json")
     verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config, device="cpu", base_width=2,
-                      depth=PRESET_DEPTH[bundle])  # MONAI drops None-valued overrides
+                      depth=PRESET_DEPTH[bundle], norm=PRESET_NORM[bundle])  # MONAI drops None overrides
     parser = ConfigParser()
     parser.read_config(config)
     parser.read_meta(meta)
     parser["base_width"] = 2
-    parser["depth"] = None  # the preset's (a planned depth needs data)
+    parser["depth"] = parser["norm"] = None  # the preset's (planned values need data)
     net = parser.get_parsed_content("network_def")
     fmt = parser.get("_meta_#network_data_format")
     declared_in = tuple(fmt["inputs"]["image"]["spatial_shape"])
@@ -69,7 +70,7 @@ def test_checkpoint_exports_to_torchscript(bundle, tmp_path):
     parser = ConfigParser()
     parser.read_config(config)
     parser["base_width"] = 2
-    parser["depth"] = None
+    parser["depth"] = parser["norm"] = None
     net = parser.get_parsed_content("network_def")
     torch.save(net.state_dict(), tmp_path / "model.pt")
     ckpt_export(
@@ -80,6 +81,7 @@ def test_checkpoint_exports_to_torchscript(bundle, tmp_path):
         config_file=config,
         base_width=2,
         depth=PRESET_DEPTH[bundle],
+        norm=PRESET_NORM[bundle],
     )
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     size = (1, 1) + ((188, 188) if bundle == "unet2d_paper" else (92, 92, 92))
@@ -101,7 +103,7 @@ def tiny_data(tmp_path_factory):
         parser = ConfigParser()
         parser.read_config(str(_configs(bundle) / "training.json"))
         parser["base_width"] = 2
-        parser["depth"] = None
+        parser["depth"] = parser["norm"] = None
         (root / bundle / "models").mkdir(parents=True)
         weights = parser.get_parsed_content("network_def").state_dict()
         torch.save(weights, root / bundle / "models" / "model.pt")
@@ -126,6 +128,7 @@ def test_monai_workflow_properties(bundle, workflow_class, workflow_type, files,
         dataset_dir=str(d["data"]),
         base_width=2,
         depth=PRESET_DEPTH[bundle],
+        norm=PRESET_NORM[bundle],
         checkpoint_file=str(d["out"] / "models" / "model.pt"),
     )
     if files != ["inference.json"]:

@@ -153,7 +153,13 @@ def _truncate_depth(kwargs: dict[str, Any], depth: int, preset: str) -> dict[str
 
 
 def create_unet(
-    preset: str, *, in_channels: int = 1, out_channels: int = 2, depth: int | None = None, **overrides: Any
+    preset: str,
+    *,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    depth: int | None = None,
+    norm: str | None = None,
+    **overrides: Any,
 ) -> UNet:
     """Build a preset, e.g. ``create_unet("paper", base_width=8)``.
 
@@ -161,18 +167,22 @@ def create_unet(
     architecture is unchanged). ``depth`` (poolings; default the preset's) keeps the preset's
     ``depth + 1`` shallowest levels, as nnU-Net sizes its depth to the patch: a plan for a CPU
     uses it when the preset's deepest level makes even its smallest training step too slow.
+    ``norm`` (default the preset's) replaces the normalisation layers, e.g. ``"instance"`` for
+    the 3D U-Net's batch norm when a plan's batches are too small for batch statistics.
     Any other :class:`UNet` argument may be overridden too.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
-    allowed = ["base_width", "depth", *_unet_arguments()]
+    allowed = ["base_width", "depth", *_unet_arguments()]  # norm is an argument of UNet too
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ValueError(f"unknown override(s) {unknown} for preset {preset!r}; valid keys: {allowed}")
     kwargs = dict(spec.kwargs)
     if depth is not None:
         kwargs = _truncate_depth(kwargs, int(depth), preset)
+    if norm is not None:
+        kwargs["norm"] = norm
     base_width = overrides.pop("base_width", None)
     if base_width is not None and int(base_width) != spec.base_width:
         base_width = int(base_width)
