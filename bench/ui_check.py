@@ -14,8 +14,7 @@ compare-charts view (``&compareRunsMode=CHART``) are saved as PNGs in ``--out``.
 It fails (exit 1, naming what is wrong) when:
 - the page is MLflow's GenAI view (traces/sessions) instead of the runs table;
 - the runs table lacks the runs, or their Dataset values (``data/manifest [train]`` ...);
-- the Models column has no logged model (the best model logged as an MLflow model; skip this
-  one check with ``--allow-missing-models`` on a branch that does not log models yet).
+- the Models column has no logged model (every training logs its best model as an MLflow model).
 
 Why Chromium's command line and not a browser-automation library: the check needs only a rendered
 DOM and two screenshots, which ``chromium --headless`` gives with ``--virtual-time-budget`` (it
@@ -147,7 +146,7 @@ def grid_cells(dom: str) -> dict[str, list[str]]:
     return {k: [" ".join(v.split()) for v in values] for k, values in parser.cells.items()}
 
 
-def check_runs_table(dom: str, run_names: list[str], *, allow_missing_models: bool) -> list[str]:
+def check_runs_table(dom: str, run_names: list[str]) -> list[str]:
     """What is wrong with the runs table page (empty when all is well)."""
     problems = []
     text = page_text(dom)
@@ -164,7 +163,7 @@ def check_runs_table(dom: str, run_names: list[str], *, allow_missing_models: bo
     if len(datasets) < len(run_names) or not all("manifest [train]" in cell for cell in datasets):
         problems.append(f"the Dataset column lacks 'data/manifest [train]' in some rows: {datasets}")
     models = cells.get("attributes.`Models`", [])
-    if not allow_missing_models and (len(models) < len(run_names) or any(c in ("", "-") for c in models)):
+    if len(models) < len(run_names) or any(c in ("", "-") for c in models):
         problems.append(f"the Models column shows no logged model in some rows: {models}")
     return problems
 
@@ -175,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", default=None, help="folder for data, trainings and store (default: a temp folder)"
     )
-    parser.add_argument("--allow-missing-models", action="store_true",
-                        help="do not fail when the Models column is empty (branches without logged models)")
     parser.add_argument(
         "--reuse", action="store_true", help="reuse the trainings already in --workdir (their logs and store)"
     )
@@ -210,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         url, experiment_id = printed_url(logs["w4"], port)
         print(f"runs table: {url}")
-        problems += check_runs_table(
-            chromium("--dump-dom", url), run_names, allow_missing_models=args.allow_missing_models
-        )
+        problems += check_runs_table(chromium("--dump-dom", url), run_names)
         table_png, charts_png = out / "mlflow_runs_table.png", out / "mlflow_compare_charts.png"
         chromium(f"--screenshot={table_png}", url)
         charts = url + "&compareRunsMode=CHART"
