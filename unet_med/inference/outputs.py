@@ -158,6 +158,7 @@ def write_scan_outputs(
         The label map's NIfTI path.
     """
     from unet_med.data.writing import save_nifti
+    from unet_med.dicom.rtstruct import write_rtstruct
     from unet_med.dicom.seg import write_dicom_seg
     from unet_med.dicom.series import series_files
     from unet_med.plots import save_qc_picture
@@ -169,30 +170,18 @@ def write_scan_outputs(
             qc_image, label_map, output_path(out_dir, scan.scan_id, QC_SUFFIX), title=scan.scan_id
         )
     seconds["write_qc"] = time.perf_counter() - start
-    start = time.perf_counter()
-    if rtstruct and scan.kind == "dicom":
-        from unet_med.dicom.rtstruct import write_rtstruct
-
-        write_rtstruct(
-            label_map,
-            series_files(list(scan.files), f"scan {scan.scan_id}"),
-            labels,
-            output_path(out_dir, scan.scan_id, RTSTRUCT_SUFFIX),
-            algorithm_name=algorithm_name,
-            algorithm_version=algorithm_version,
-        )
-    seconds["write_rtstruct"] = time.perf_counter() - start
-    start = time.perf_counter()
-    if dicom_seg and scan.kind == "dicom":
-        write_dicom_seg(
-            label_map,
-            series_files(list(scan.files), f"scan {scan.scan_id}"),
-            labels,
-            output_path(out_dir, scan.scan_id, DICOM_SEG_SUFFIX),
-            algorithm_name=algorithm_name,
-            algorithm_version=algorithm_version,
-        )
-    seconds["write_dicom_seg"] = time.perf_counter() - start
+    # DICOM objects referencing the source series (its headers read once for both)
+    is_dicom = scan.kind == "dicom" and (rtstruct or dicom_seg)
+    files = series_files(list(scan.files), f"scan {scan.scan_id}") if is_dicom else None
+    for wanted, write, suffix, stage in (
+        (rtstruct, write_rtstruct, RTSTRUCT_SUFFIX, "write_rtstruct"),
+        (dicom_seg, write_dicom_seg, DICOM_SEG_SUFFIX, "write_dicom_seg"),
+    ):
+        start = time.perf_counter()
+        if wanted and files is not None:
+            write(label_map, files, labels, output_path(out_dir, scan.scan_id, suffix),
+                  algorithm_name=algorithm_name, algorithm_version=algorithm_version)  # fmt: skip
+        seconds[stage] = time.perf_counter() - start
     if probabilities is not None:
         write_probabilities(probabilities, affine, output_path(out_dir, scan.scan_id, PROBABILITIES_SUFFIX))
     return save_nifti(label_map, affine, output_path(out_dir, scan.scan_id, SEG_SUFFIX))
