@@ -102,11 +102,11 @@ def test_3d_bundle_trains_with_dice_ce_on_ct_volumes(tmp_path, bundle_command, r
     client = mlflow.MlflowClient(f"sqlite:///{out.parent.resolve()}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("unet3d").experiment_id])
     assert run.data.params["loss.name"] == "DiceCELoss" and run.data.params["net.preset"] == "cicek3d"
-    # a CPU plan trains the 3D U-Net with two poolings (40 voxels of context) and instance norm
-    assert run.data.params["net.depth"] == "2" and run.data.params["net.norm"] == "instance"
+    # a CPU plan trains the 3D U-Net with two poolings (40 voxels of context), batch norm kept
+    assert run.data.params["net.depth"] == "2" and run.data.params["net.norm"] == "batch"
     assert run.data.params["data.input_patch_size"] == "[44, 44, 44]"
     network = json.loads((out / "models" / "network.json").read_text())
-    assert len(network["widths"]) == 3 and network["norm"] == "instance"  # what infer rebuilds
+    assert len(network["widths"]) == 3 and network["norm"] == "batch"  # what infer rebuilds
     assert {"val_dice_organ", "val_dice_lesion", "train_loss"} <= set(run.data.metrics)
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     assert any(v.ndim == 5 for v in state.values())  # 3D convolutions
