@@ -36,6 +36,8 @@ def test_2d_training_and_evaluation_from_the_command_line(demo2d, tmp_path, bund
     # a readable log: no notice about a GPU decoder this machine lacks, no MONAI orientation warnings
     for noise in ("nvImageCodec", "axcodes", "Orientationd", "FutureWarning"):
         assert noise not in log, noise
+    # written to a pipe (a log file), the epoch's progress bar gives way to its summary line alone
+    assert "Epoch [1/2]" not in log and "epoch 2/2: mean loss" in log  # no bar frame, the summary
 
     for name in ("model.pt", "checkpoint_last.pt"):
         torch.load(out / "models" / name, weights_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +23,9 @@ class ProgressBar:
     """Ignite's tqdm progress bar (iterations, ETA) showing the current loss, cleared at the end of
     each epoch and replaced by one summary line (``epoch 3/20: mean loss 0.4123, 41.2 s, lr
     0.0083``); ``attach(engine)`` for ``train_handlers``. Nothing else should print per iteration
-    (a log line in the middle of a bar breaks it). Off rank 0 of a distributed run it does nothing.
+    (a log line in the middle of a bar breaks it). Off rank 0 of a distributed run it does nothing;
+    when standard error is not a terminal (a log file, ``nohup``, a CI job) only the summary lines
+    are written: a redrawn bar in a file is hundreds of ``\r`` frames.
 
     Wraps ``ignite.handlers.ProgressBar`` so a bundle can list it by ``_target_`` (Ignite's
     ``attach`` needs the ``output_transform`` that reads the loss from MONAI's trainer output).
@@ -44,7 +47,8 @@ class ProgressBar:
                 return {"loss": loss.detach().item() if isinstance(loss, torch.Tensor) else float(loss)}
             return {}
 
-        IgniteProgressBar(persist=self.persist).attach(engine, output_transform=loss_of)
+        if sys.stderr.isatty():
+            IgniteProgressBar(persist=self.persist).attach(engine, output_transform=loss_of)
         losses: list[float] = []
         started = [0.0]
 
