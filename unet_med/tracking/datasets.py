@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,28 @@ def dataset_input(dataset, context: str):
     return DatasetInput(dataset=dataset, tags=[InputTag(key=CONTEXT_TAG, value=context)])
 
 
+# A dataset row is created on first use by a store's get-or-create, which is not atomic: two runs
+# logging the same manifest into one experiment at the same moment (folds started together) can
+# both try to insert it, and the loser gets a unique-constraint error. The row then exists, so
+# logging again links to it.
+_DATASET_RACE = ("UNIQUE constraint failed: datasets", "duplicate key value violates unique constraint")
+_DATASET_RACE_ATTEMPTS = 4
+
+
 def log_dataset_inputs(client, run_id: str, inputs: Mapping[str, Any]) -> None:
-    """Log ``{context: dataset}`` as inputs of run ``run_id`` in one request."""
-    client.log_inputs(run_id, datasets=[dataset_input(d, context) for context, d in inputs.items()])
+    """Log ``{context: dataset}`` as inputs of run ``run_id`` in one request; retried (with a short
+    pause) when another run created the same dataset row at the same moment."""
+    from mlflow.exceptions import MlflowException
+
+    datasets = [dataset_input(d, context) for context, d in inputs.items()]
+    for attempt in range(_DATASET_RACE_ATTEMPTS):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException as error:
+            if attempt == _DATASET_RACE_ATTEMPTS - 1 or not any(m in str(error) for m in _DATASET_RACE):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def log_manifest_inputs(
