@@ -62,6 +62,18 @@ def postprocessing_transforms(
     return Compose(steps)
 
 
+def _inverted(
+    data: dict[str, Any], value: torch.Tensor, *, preprocessing: InvertibleTransform, key: str, orig_key: str
+) -> torch.Tensor:
+    """``value`` (stored under ``key``) brought back through ``preprocessing`` with MONAI's
+    ``Invertd``, nearest-neighbour interpolation (labels keep their values, probabilities do not
+    mix neighbours), using the operations recorded on ``data[orig_key]``."""
+    invert = Invertd(
+        keys=key, transform=preprocessing, orig_keys=orig_key, nearest_interp=True, to_tensor=True
+    )
+    return invert({**data, key: value})[key]
+
+
 def to_input_geometry(
     data: dict[str, Any],
     *,
@@ -87,10 +99,7 @@ def to_input_geometry(
         pred = AsDiscreted(keys=key, argmax=True)({key: pred})[key]
     pending = getattr(pred, "applied_operations", None)
     if pending and preprocessing is not None and tuple(pred.shape[1:]) != tuple(spatial_shape):
-        inverted = Invertd(
-            keys=key, transform=preprocessing, orig_keys=orig_key, nearest_interp=True, to_tensor=True
-        )({**data, key: pred})
-        pred = inverted[key]
+        pred = _inverted(data, pred, preprocessing=preprocessing, key=key, orig_key=orig_key)
     array = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
     if array.ndim == len(spatial_shape) + 1:
         array = array[0]
@@ -133,9 +142,9 @@ def probabilities_to_input_geometry(
         logits = torch.as_tensor(np.asarray(logits))
     probabilities = torch.softmax(logits.float(), dim=0)
     if preprocessing is not None and getattr(data.get(orig_key), "applied_operations", None):
-        probabilities = Invertd(
-            keys=key, transform=preprocessing, orig_keys=orig_key, nearest_interp=True, to_tensor=True
-        )({**data, key: probabilities})[key]
+        probabilities = _inverted(
+            data, probabilities, preprocessing=preprocessing, key=key, orig_key=orig_key
+        )
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.detach().cpu().numpy()
     array = np.asarray(probabilities, dtype=np.float32)
