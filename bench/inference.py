@@ -22,7 +22,15 @@ crops of about the same output size (32^3 for BasicUNet, whose batch norm needs 
 more than one voxel; 28^3, a legal output size, for the valid network). This measures the
 inferers, not generalisation.
 
-Usage: ``.venv/bin/python -m bench.inference [--quick]``.
+On a GPU (``--device cuda``) both networks train and infer there; times are taken after
+``torch.cuda.synchronize`` and the peak is the GPU's (``torch.cuda.max_memory_allocated``) as well
+as the process's RSS. ``--eval-seed`` evaluates Dice on a held-out volume drawn with another seed
+(same generator, other anatomy), ``--save-weights DIR`` keeps the trained weights and
+``--weights DIR`` reuses them (no training), so networks trained on a GPU can be timed on a CPU.
+``--patch-ours``/``--patch-monai`` set the training output patch of each network (MONAI users
+usually train on their inference window).
+
+Usage: ``.venv/bin/python -m bench.inference [--quick] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -49,13 +57,13 @@ CLASSES = 3
 HU_WINDOW = (-200.0, 400.0)
 
 
-def build_network(kind: str, width: int) -> torch.nn.Module:
-    """``"ours"``: the cicek3d valid U-Net at ``base_width=width``; ``"monai"``: BasicUNet with the
-    same first width, batch norm and ReLU."""
+def build_network(kind: str, width: int, depth: int | None = None) -> torch.nn.Module:
+    """``"ours"``: the cicek3d valid U-Net at ``base_width=width`` (``depth`` poolings, default the
+    preset's three); ``"monai"``: BasicUNet with the same first width, batch norm and ReLU."""
     if kind == "ours":
         from unet_med.networks import create_unet
 
-        return create_unet("cicek3d", base_width=width, out_channels=CLASSES)
+        return create_unet("cicek3d", base_width=width, out_channels=CLASSES, depth=depth)
     from monai.networks.nets import BasicUNet
 
     return BasicUNet(
@@ -90,6 +98,8 @@ def train_briefly(
     out_patch: int,
     weights_path: Path,
     seed: int = 0,
+    device: str = "cpu",
+    depth: int | None = None,
 ) -> float:
     """Adam on random crops whose network *output* is ``out_patch`` voxels per axis; saves the
     weights and returns the wall seconds spent."""
@@ -97,9 +107,9 @@ def train_briefly(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = build_network(kind, width)
-    image = torch.from_numpy(np.load(image_path))
-    label = torch.from_numpy(np.load(label_path).astype(np.int64))
+    net = build_network(kind, width, depth).to(device)
+    image = torch.from_numpy(np.load(image_path)).to(device)
+    label = torch.from_numpy(np.load(label_path).astype(np.int64)).to(device)
     if kind == "ours":
         in_patch = min_input_size((out_patch,) * 3, net.spec)
         out = net.output_size(in_patch)
@@ -116,7 +126,7 @@ def train_briefly(
     for _ in range(steps):
         # half of the crops centred on foreground, so the small classes are seen
         if rng.random() < 0.5:
-            fg = torch.nonzero(label > 0)
+            fg = torch.nonzero(label > 0).cpu()
             centre = fg[int(rng.integers(len(fg)))].tolist()
             corner = [min(max(c - o // 2, 0), s - o) for c, o, s in zip(centre, out, label.shape)]
         else:
@@ -126,9 +136,15 @@ def train_briefly(
         optimizer.zero_grad(set_to_none=True)
         loss_fn(net(x), y).backward()
         optimizer.step()
+    _synchronize(device)
     net.eval()
-    torch.save(net.state_dict(), weights_path)
+    torch.save({k: v.cpu() for k, v in net.state_dict().items()}, weights_path)
     return time.perf_counter() - start
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def mean_foreground_dice(pred: np.ndarray, label: np.ndarray) -> float:
@@ -150,12 +166,18 @@ def run_configuration(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from unet_med.inferers import OverlapTileInferer
 
-    net = build_network(cfg["network"], cfg["width"])
+    device = cfg.get("device", "cpu")
+    net = build_network(cfg["network"], cfg["width"], cfg.get("depth"))
     net.load_state_dict(torch.load(cfg["weights"], map_location="cpu", weights_only=True))
-    net.eval()
-    image = torch.from_numpy(np.load(cfg["image"]))[None, None]
+    net.eval().to(device)
+    image = torch.from_numpy(np.load(cfg["image"]))[None, None].to(device)
     label = np.load(cfg["label"])
     rss_before = peak_rss_gib()
+    if device != "cpu":  # a warm-up call: CUDA context, kernel selection
+        with torch.inference_mode():
+            net(torch.zeros((1, 1, *_warmup_tile(net)), device=device))
+        torch.cuda.reset_peak_memory_stats()
+    _synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
         if cfg["inferer"] == "overlap-tile":
@@ -171,17 +193,21 @@ def run_configuration(cfg: dict[str, Any]) -> dict[str, Any]:
             window = "x".join(map(str, plan.input_tile))
         else:
             roi = (cfg["roi"],) * 3
-            logits = sliding_window_inference(image, roi, 1, net, overlap=cfg["overlap"], mode="gaussian")
+            logits = sliding_window_inference(
+                image, roi, cfg.get("sw_batch_size", 1), net, overlap=cfg["overlap"], mode="gaussian"
+            )
             # MONAI's scan: step int(roi * (1 - overlap)), windows until the last one reaches the end
             steps = [max(int(r * (1 - cfg["overlap"])), 1) for r in roi]
             tiles = math.prod(
                 1 if n <= r else -(-(n - r) // st) + 1 for n, r, st in zip(image.shape[2:], roi, steps)
             )
             window = "x".join(map(str, roi))
+        pred = logits.argmax(1)[0].cpu().numpy()
+    _synchronize(device)
     wall = time.perf_counter() - start
-    pred = logits.argmax(1)[0].numpy()
     result = dict(
         wall_s=wall,
+        peak_gpu_gib=torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else None,
         peak_rss_gib=peak_rss_gib(),
         rss_before_gib=rss_before,
         dice=mean_foreground_dice(pred, label),
@@ -189,8 +215,17 @@ def run_configuration(cfg: dict[str, Any]) -> dict[str, Any]:
         window=window,
     )
     if cfg.get("save_logits"):
-        np.save(cfg["save_logits"], logits.numpy())
+        np.save(cfg["save_logits"], logits.cpu().numpy())
     return result
+
+
+def _warmup_tile(net: torch.nn.Module) -> tuple[int, ...]:
+    """The smallest legal input tile of ``net`` (32^3 for networks without a shape spec)."""
+    from unet_med.inferers import network_spec
+    from unet_med.networks.shapes import min_input_size
+
+    spec = network_spec(net)
+    return (32,) * 3 if spec is None else min_input_size((8,) * 3, spec)
 
 
 def run_in_child(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -265,6 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget-mb", type=float, default=1024.0, help="OverlapTileInferer memory budget")
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats per configuration (median)")
+    parser.add_argument("--depth", type=int, default=None, help="ours: poolings (default: cicek3d's 3)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both networks train and infer")
+    parser.add_argument("--eval-seed", type=int, default=0, help="comparison volume seed (0: training)")
+    parser.add_argument("--patch-ours", type=int, default=28, help="ours: training output patch")
+    parser.add_argument("--patch-monai", type=int, default=32, help="training patch of BasicUNet")
+    parser.add_argument("--sw-batch-size", type=int, default=1, help="MONAI windows per network call")
+    parser.add_argument("--save-weights", type=Path, default=None, help="keep trained weights here")
+    parser.add_argument("--weights", type=Path, default=None, help="ours.pt + monai.pt: no training")
     parser.add_argument(
         "--memory-check",
         action="store_true",
@@ -295,18 +338,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="unet-med-bench-") as tmp:
         folder = Path(tmp)
         volumes = {tuple(s): make_volume(s, folder) for s in {size, *scaling}}
+        training_volume = volumes[size]
+        if args.eval_seed:
+            (folder / "eval").mkdir()
+            volumes[size] = make_volume(size, folder / "eval", seed=args.eval_seed)
         weights = {}
         train_s = {}
         for kind in ("ours", "monai"):
+            if args.weights:
+                weights[kind] = args.weights / f"{kind}.pt"
+                continue
             weights[kind] = folder / f"{kind}.pt"
+            patch = args.patch_ours if kind == "ours" else args.patch_monai
             train_s[kind] = train_briefly(
-                kind, width, *volumes[size], steps, 28 if kind == "ours" else 32, weights[kind]
+                kind, width, *training_volume, steps, patch, weights[kind],
+                device=args.device, depth=args.depth,
             )
-        print(
-            f"trained both networks for {steps} steps: "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in train_s.items()),
-            flush=True,
-        )
+            if args.save_weights:
+                args.save_weights.mkdir(parents=True, exist_ok=True)
+                torch.save(torch.load(weights[kind], weights_only=True), args.save_weights / f"{kind}.pt")
+        if train_s:
+            print(
+                f"trained both networks for {steps} steps on {args.device}: "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in train_s.items()),
+                flush=True,
+            )
 
         def config(kind: str, overlap: float, vol: tuple[int, ...], **extra: Any) -> dict[str, Any]:
             image, label = volumes[vol]
@@ -318,11 +374,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 label=str(label),
                 overlap=overlap,
                 size=_size_tag(vol),
+                device=args.device,
+                depth=args.depth,
             )
             if kind == "ours":
                 base.update(inferer="overlap-tile", budget_mb=args.budget_mb)
             else:
-                base.update(inferer="sliding-window", roi=roi)
+                base.update(inferer="sliding-window", roi=roi, sw_batch_size=args.sw_batch_size)
             base.update(extra)
             return base
 
@@ -374,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall_s=wall,
             s_per_Mvox=wall / (math.prod(int(v) for v in cfg["size"].split("x")) / 1e6),
             peak_rss_gib=max(r["peak_rss_gib"] for r in runs),
+            peak_gpu_gib=runs[0]["peak_gpu_gib"],
             rss_before_gib=max(r["rss_before_gib"] for r in runs),
             dice=runs[0]["dice"],
         )
@@ -407,7 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures: dict[str, Any] = {
         "size": _size_tag(size),
         "width": width,
+        "depth_ours": args.depth,
+        "device": args.device,
+        "eval_seed": args.eval_seed,
         "monai_roi": roi,
+        "monai_sw_batch_size": args.sw_batch_size,
         "infer_speedup_vs_monai_overlap0.5": rows["monai@0.5"]["wall_s"] / rows["ours@0"]["wall_s"],
         "infer_speedup_vs_monai_overlap0.25": rows["monai@0.25"]["wall_s"] / rows["ours@0"]["wall_s"],
         "infer_speedup_both_overlap0.5": rows["monai@0.5"]["wall_s"] / rows["ours@0.5"]["wall_s"],
@@ -423,7 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "same_weights_max_abs_logit_diff": float(np.abs(logits_a - logits_b).max()),
         "scaling_time_exponent_ours": exponent("ours@0"),
         "scaling_time_exponent_monai": exponent("monai@0.5"),
-        "train_steps": steps,
+        "train_steps": 0 if args.weights else steps,
+        "train_patch_ours": args.patch_ours,
+        "train_patch_monai": args.patch_monai,
         "load_avg_1min_at_start": machine["load_avg_1min_at_start"],
     }
     emit_figures(figures)

@@ -87,6 +87,7 @@ def machine_description() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_1min_at_start": round(load[0], 2),
     }
 

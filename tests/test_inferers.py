@@ -136,7 +136,25 @@ def test_memory_budget_limits_the_tile():
     assert large.output_tile == (64, 64, 64)  # the whole image fits in 200 MiB
 
 
+@pytest.mark.parametrize("dims, size", [(2, (37, 29)), (3, (13, 11, 9))])
+def test_channels_last_and_autocast_keep_the_prediction(dims, size):
+    net = _net(dims, widths=(4, 8, 16) if dims == 2 else (2, 4, 8))
+    image = torch.randn(1, 2, *size)
+    reference = OverlapTileInferer(8)(image, net)
+    # channels-last windows: the same arithmetic in another memory layout
+    channels_last = OverlapTileInferer(8, channels_last=True)(image, net)
+    torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-5)
+    # bfloat16 autocast: logits stitched in float32, close to the float32 ones, still tiling-exact
+    mixed = OverlapTileInferer(8, precision="bfloat16")(image, net)
+    assert mixed.dtype == torch.float32
+    assert (mixed - reference).abs().max() < 0.1 * reference.abs().max()
+    whole = OverlapTileInferer(None, precision="bfloat16")(image, net)
+    assert (mixed.argmax(1) == whole.argmax(1)).float().mean() > 0.98
+
+
 def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="precision"):
+        OverlapTileInferer(8, precision="int8")
     with pytest.raises(ValueError, match="overlap"):
         OverlapTileInferer(8, overlap=1.0)
     with pytest.raises(ValueError, match="padding_mode"):

@@ -16,7 +16,9 @@ cannot place these centre-cropped outputs; :class:`OverlapTileInferer` does:
   rounding, and no overlap is needed;
 - optional extra overlap with Gaussian (or constant) blending, ``sw_batch_size`` windows per
   network call, windows on ``sw_device`` and the stitched output on ``device``;
-- optional flip test-time augmentation: the mean of the logits predicted for flipped tiles.
+- optional flip test-time augmentation: the mean of the logits predicted for flipped tiles;
+- optional mixed precision (``torch.autocast`` to bfloat16 or float16, logits stitched in float32)
+  and channels-last windows, the levers that pay on a GPU (``docs/BENCHMARKS.md``).
 
 Same-padding networks (``spec.padding == "same"``) have margin 0 and the inferer behaves like
 an ordinary sliding window. Networks without a ``spec`` (e.g. MONAI's ``BasicUNet``) are
@@ -53,6 +55,7 @@ __all__ = ["OverlapTileInferer", "PeakMemory", "TilePlan", "mirror_indices", "ne
 
 PADDING_MODES = ("reflect", "symmetric", "replicate")
 BLEND_MODES = ("constant", "gaussian")
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
 
 
@@ -204,6 +207,11 @@ class OverlapTileInferer(Inferer):
         padding_mode: border extrapolation, ``"reflect"`` (the paper's mirroring),
             ``"symmetric"`` or ``"replicate"``.
         progress: show a tqdm bar over window batches.
+        precision: ``"float32"`` (default), or ``"bfloat16"``/``"float16"`` to run the network under
+            ``torch.autocast`` on the windows' device; the logits are stitched in float32. Pays on
+            GPUs with tensor cores; on CPUs without bfloat16 units it is slower.
+        channels_last: hand the network channels-last windows (``torch.channels_last`` /
+            ``channels_last_3d``), the layout cuDNN's fastest convolutions use.
     """
 
     def __init__(
@@ -220,6 +228,8 @@ class OverlapTileInferer(Inferer):
         tta_flips: bool | Sequence[Sequence[int]] = False,
         padding_mode: str = "reflect",
         progress: bool = False,
+        precision: str = "float32",
+        channels_last: bool = False,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -229,6 +239,8 @@ class OverlapTileInferer(Inferer):
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if output_tile_size is not None and memory_budget_mb is not None:
             raise ValueError("give output_tile_size or memory_budget_mb, not both")
         if memory_budget_mb is not None and memory_budget_mb <= 0:
@@ -244,6 +256,8 @@ class OverlapTileInferer(Inferer):
         self.tta_flips = tta_flips
         self.padding_mode = padding_mode
         self.progress = progress
+        self.precision = precision
+        self.channels_last = bool(channels_last)
         self._bytes_per_voxel: dict[tuple[int, int, int], float] = {}
 
     # ------------------------------------------------------------------ planning
@@ -473,10 +487,16 @@ class OverlapTileInferer(Inferer):
         """Network logits for a window batch, averaged over flipped copies. A valid U-Net crops
         its output symmetrically, so flipping the output back re-aligns it with the tile."""
         total = None
+        amp_dtype = PRECISIONS[self.precision]
+        layout = torch.channels_last if windows.ndim == 4 else torch.channels_last_3d
         for axes in flips:
             dims = [a + 2 for a in axes]
             x = windows.flip(dims) if dims else windows
-            y = network(x, *args, **kwargs)
+            if self.channels_last:
+                x = x.contiguous(memory_format=layout)
+            with torch.autocast(windows.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                y = network(x, *args, **kwargs)
+            y = y.float() if amp_dtype is not None else y
             y = y.flip(dims) if dims else y
             total = y if total is None else total.add_(y)
         assert total is not None
