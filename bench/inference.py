@@ -183,7 +183,7 @@ def run_configuration(cfg: dict[str, Any]) -> dict[str, Any]:
         if cfg["inferer"] == "overlap-tile":
             inferer = OverlapTileInferer(
                 cfg.get("output_tile"),
-                memory_budget_mb=None if cfg.get("output_tile") else cfg["budget_mb"],
+                memory_budget_mb=None if cfg.get("output_tile") else cfg.get("budget_mb"),
                 overlap=cfg["overlap"],
                 blend_mode="gaussian" if cfg["overlap"] > 0 else "constant",
             )
@@ -229,7 +229,10 @@ def _warmup_tile(net: torch.nn.Module) -> tuple[int, ...]:
 
 
 def run_in_child(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run a configuration in a fresh Python process and return its figures."""
+    """Run a configuration in a fresh Python process and return its figures (in this process
+    when ``cfg["in_process"]``: GPU runs, whose peak memory is reset per configuration)."""
+    if cfg.get("in_process"):
+        return run_configuration(cfg)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.inference", "--child", json.dumps(cfg)],
         capture_output=True,
@@ -297,9 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="volumes for the scaling table, e.g. 64x64x32,96x96x48,128x128x64",
     )
     parser.add_argument("--roi", type=int, default=None, help="MONAI window (voxels per axis)")
-    parser.add_argument("--budget-mb", type=float, default=1024.0, help="OverlapTileInferer memory budget")
+    parser.add_argument(
+        "--budget-mb", type=float, default=None, help="inferer budget (default: device's)"
+    )
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats per configuration (median)")
+    parser.add_argument("--in-process", action="store_true", help="no child processes (GPU runs)")
     parser.add_argument("--depth", type=int, default=None, help="ours: poolings (default: cicek3d's 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where both networks train and infer")
     parser.add_argument("--eval-seed", type=int, default=0, help="comparison volume seed (0: training)")
@@ -376,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 size=_size_tag(vol),
                 device=args.device,
                 depth=args.depth,
+                in_process=args.in_process,
             )
             if kind == "ours":
                 base.update(inferer="overlap-tile", budget_mb=args.budget_mb)
@@ -440,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = {name: summary(name) for name in all_cfgs}
     print(
         f"\ncomparison on {_size_tag(size)}, width {width}, MONAI window {roi}^3, "
-        f"OverlapTileInferer budget {args.budget_mb:g} MiB"
+        f"OverlapTileInferer budget {args.budget_mb or 'of the device'} MiB"
     )
     print(format_table([rows[n] for n in (*comparison, *agreement)]))
     scaling_rows = []

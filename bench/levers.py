@@ -55,7 +55,7 @@ def lever_case(
     name: str,
     network: torch.nn.Module,
     image: torch.Tensor,
-    budget_mb: float,
+    budget_mb: float | None,
     results: dict[str, torch.Tensor],
 ) -> Callable[[], None]:
     """A callable that predicts ``image`` with lever ``name`` and keeps its logits in ``results``."""
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=None, help="poolings (default: cicek3d's 3)")
     parser.add_argument("--size", type=int, nargs=3, default=(256, 256, 128), help="volume (voxels)")
     parser.add_argument("--weights", type=Path, default=None, help="trained state dict of the network")
-    parser.add_argument("--budget-mb", type=float, default=None, help="inferer memory budget (default 1024)")
+    parser.add_argument("--budget-mb", type=float, default=None, help="inferer budget (default: device's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--levers", nargs="*", default=None, help=f"subset of {list(LEVERS)}")
     args = parser.parse_args(argv)
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     network.eval().to(device)
     hu, label = demo_volume_3d(np.random.default_rng(1), tuple(args.size))
     image = torch.from_numpy((np.clip(hu, *HU_WINDOW) / 200.0).astype(np.float32))[None, None].to(device)
-    budget = args.budget_mb or 1024.0
+    budget = args.budget_mb  # None: the inferer's default for the device
 
     results: dict[str, torch.Tensor] = {}
     cases = {name: lever_case(name, network, image, budget, results) for name in names}

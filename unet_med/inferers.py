@@ -51,12 +51,37 @@ from torch.utils._pytree import tree_leaves
 
 from unet_med.networks.shapes import UNetShapeSpec, context_margin, min_input_size, valid_output_size
 
-__all__ = ["OverlapTileInferer", "PeakMemory", "TilePlan", "mirror_indices", "network_spec"]
+__all__ = [
+    "OverlapTileInferer",
+    "PeakMemory",
+    "TilePlan",
+    "default_memory_budget_mb",
+    "mirror_indices",
+    "network_spec",
+]
 
 PADDING_MODES = ("reflect", "symmetric", "replicate")
 BLEND_MODES = ("constant", "gaussian")
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
+CUDA_BUDGET_FRACTION = 0.5
+CUDA_BUDGET_CAP_MB = 16384.0
+
+
+def default_memory_budget_mb(device: torch.device | None) -> float:
+    """MiB for one window batch when the inferer is given neither a tile nor a budget.
+
+    On a CUDA device: half of the memory free on it when the tiles are planned (the stitched
+    output, cuDNN's workspaces and the caching allocator's slack live beside the window), at most
+    16 GiB; by then the context margins are a small share of a tile and larger windows gain little.
+    A fixed budget sized for a CPU would cut a GPU's prediction into hundreds of small tiles, each
+    paying the margin again (484 tiles instead of 1 for a 256x256x128 volume at the 3D bundle's
+    width, ``docs/BENCHMARKS.md``). Elsewhere :data:`DEFAULT_MEMORY_BUDGET_MB`.
+    """
+    if device is not None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return min(CUDA_BUDGET_FRACTION * free / 2**20, CUDA_BUDGET_CAP_MB)
+    return DEFAULT_MEMORY_BUDGET_MB
 
 
 def mirror_indices(length: int, start: int, size: int, mode: str = "reflect") -> torch.Tensor:
@@ -192,9 +217,10 @@ class OverlapTileInferer(Inferer):
             axis; ``None``, 0 or -1 on an axis means the whole axis. Rounded up to a legal tile and
             capped at the image. ``None`` (the default) picks the tile from ``memory_budget_mb``.
         memory_budget_mb: MiB allowed for one window batch (input tiles, activations, output
-            tiles) when ``output_tile_size`` is ``None``; default 1024. The peak bytes per voxel
-            are measured once per network by tracking live tensors through a forward pass on a
-            small tile (on the ``meta`` device: no compute).
+            tiles) when ``output_tile_size`` is ``None``; default :func:`default_memory_budget_mb`
+            of the windows' device (half the free memory of a GPU, at most 16 GiB; 1024 on a CPU).
+            The peak bytes per voxel are measured once per network by tracking live tensors
+            through a forward pass on a small tile (on the ``meta`` device: no compute).
         overlap: fraction (0 <= overlap < 1) of the output tile shared by neighbouring tiles,
             on top of the few voxels that the pooling grid makes them share anyway.
         blend_mode: ``"constant"`` or ``"gaussian"`` weighting of overlapping tiles.
@@ -275,7 +301,7 @@ class OverlapTileInferer(Inferer):
             raise ValueError(f"image has an empty spatial axis: size {image_size}")
         geo = _Geometry(network, len(image_size))
         if self.output_tile_size is None:
-            budget = (self.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB) * 2**20
+            budget = (self.memory_budget_mb or default_memory_budget_mb(sw_device)) * 2**20
             wanted = self._tile_from_budget(image_size, geo, network, in_channels, budget, sw_device)
         else:
             wanted = self._requested_tile(image_size, geo)
