@@ -188,7 +188,7 @@ def run_configuration(cfg: dict[str, Any]) -> dict[str, Any]:
                 blend_mode="gaussian" if cfg["overlap"] > 0 else "constant",
             )
             logits = inferer(image, net)
-            plan = inferer.plan(image.shape[2:], net)
+            plan = inferer.plan(image.shape[2:], net, sw_device=image.device)
             tiles = plan.num_tiles
             window = "x".join(map(str, plan.input_tile))
         else:
