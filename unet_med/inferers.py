@@ -71,7 +71,8 @@ CUDA_BUDGET_CAP_MB = 16384.0
 def default_memory_budget_mb(device: torch.device | None) -> float:
     """MiB for one window batch when the inferer is given neither a tile nor a budget.
 
-    On a CUDA device: half of the memory free on it when the tiles are planned (the stitched
+    On a CUDA device: half of the memory free on it when the tiles are planned (counting the
+    blocks PyTorch's allocator caches but does not use as free; the stitched
     output, cuDNN's workspaces and the caching allocator's slack live beside the window), at most
     16 GiB; by then the context margins are a small share of a tile and larger windows gain little.
     A fixed budget sized for a CPU would cut a GPU's prediction into hundreds of small tiles, each
@@ -80,6 +81,8 @@ def default_memory_budget_mb(device: torch.device | None) -> float:
     """
     if device is not None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
+        # blocks PyTorch's caching allocator holds but no tensor uses are free for the window too
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return min(CUDA_BUDGET_FRACTION * free / 2**20, CUDA_BUDGET_CAP_MB)
     return DEFAULT_MEMORY_BUDGET_MB
 
