@@ -1,25 +1,32 @@
 """Loading benchmark: seconds per volume to load a CT-like scan stored as NIfTI (``.nii``,
 ``.nii.gz``) and as a DICOM series, and to preprocess it (orientation, resampling to the 3D
 bundle's spacing, HU window); and the fraction of a training step spent waiting for data with
-the bundles' own DataLoader and cache settings.
+the bundles' own loader and cache settings.
 
 * Load: :func:`unet_med.data.loading.load_image` (MONAI ``LoadImage`` with the project's reader) of
   one volume written three ways from the same array; preprocessing:
   :func:`unet_med.transforms.preprocessing_transforms` with ``load=False`` as the bundles
   configure it. The formats are timed side by side, median of ``--repeats``.
-* Data wait: the bundle's ``train#dataloader``, ``network``, ``loss``, ``optimizer`` and
-  ``prepare_batch`` are built from its ``training.json`` (``monai.bundle.ConfigParser``, only
-  ``manifest``, ``output_dir``, ``device``, ``base_width`` and ``epochs`` overridden) on a demo
-  dataset; a plain loop then times ``next(loader)`` (waiting for data) against forward, loss,
-  backward and optimiser step, after the cache is built (the cache build time is reported
-  separately: it is paid once per run).
+* Data wait: each bundle's ``train#dataloader``, ``network``, ``loss``, ``optimizer`` and
+  ``prepare_batch`` are built from its ``training.json`` (``monai.bundle.ConfigParser``) on its own
+  demo dataset (``demo_n`` scans of ``demo_size``) with only ``manifest``, ``output_dir`` and
+  ``device`` overridden, as a training started with only ``--manifest`` builds them: the plan
+  made on first use sets base width, depth, patch, batch and the loader (``--quick``: base width
+  8 / 4 instead of the plan's, fewer scans). A plain loop then times ``next(loader)`` (waiting
+  for data) against forward, loss, backward and optimiser step, cycling the loader as Ignite does
+  with ``epoch_length`` (one iterator across epochs, a new one when it runs out). Loader variants
+  (:data:`WAIT_VARIANTS`: no prefetch as before, one worker process, the plan's choice) are timed
+  side by side in blocks, after a warm-up round; the cache build time is reported separately
+  (paid once per run).
 
-Usage: ``.venv/bin/python -m bench.loading [--quick]``.
+Usage: ``.venv/bin/python -m bench.loading [--quick] [--section all|load|data-wait]``; run it with
+``OMP_NUM_THREADS=1`` for the figures in docs/BENCHMARKS.md (this machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -87,111 +94,226 @@ def load_and_preprocess_seconds(paths: dict[str, Any], repeats: int) -> list[dic
     return rows
 
 
-def data_wait_fraction(
-    bundle: str, manifest: Path, output_dir: Path, base_width: int | None, epochs: int
-) -> dict:
-    """Run ``epochs`` epochs of the bundle's training data path and step; return the seconds
-    spent waiting for batches and in steps (epochs after the first, whose cache is warm)."""
-    from monai.bundle import ConfigParser
+class TrainingStream:
+    """One bundle training's data path and step, built from its ``training.json`` as a training
+    started with only ``--manifest`` builds them (the plan made on first use applies), with the
+    ids in ``overrides`` replaced and MONAI's ``set_determinism(seed)`` first, as the training's
+    initialisation does; :meth:`run` times ``next(loader)`` against the step."""
 
-    root = BUNDLES / bundle
-    parser = ConfigParser()
-    parser.read_meta(str(root / "configs" / "metadata.json"))
-    parser.read_config(str(root / "configs" / "training.json"))
-    overrides = {
-        "bundle_root": str(root),
-        "manifest": str(manifest),
-        "output_dir": str(output_dir),
-        "device": "$torch.device('cpu')",
-        "epochs": epochs,
-    }
-    if base_width is not None:
-        overrides["base_width"] = base_width
-    parser.update(overrides)
-    start = time.perf_counter()
-    loader = parser.get_parsed_content("train#dataloader")
-    cache_s = time.perf_counter() - start
-    network = parser.get_parsed_content("network")
-    loss_fn = parser.get_parsed_content("loss")
-    optimizer = parser.get_parsed_content("optimizer")
-    prepare = parser.get_parsed_content("train#trainer#prepare_batch")
-    settings = {k: parser.get_parsed_content(k) for k in ("num_workers", "cache", "batch_size", "base_width")}
-    network.train()
-    waits: list[list[float]] = []
-    steps: list[list[float]] = []
-    for _ in range(epochs):
-        waits.append([])
-        steps.append([])
-        iterator = iter(loader)
-        while True:
+    def __init__(
+        self, bundle: str, manifest: Path, output_dir: Path, overrides: dict[str, Any], seed: int = 0
+    ):
+        from monai.bundle import ConfigParser
+        from monai.utils import set_determinism
+
+        root = BUNDLES / bundle
+        parser = ConfigParser()
+        parser.read_meta(str(root / "configs" / "metadata.json"))
+        parser.read_config(str(root / "configs" / "training.json"))
+        parser.update(
+            {
+                "bundle_root": str(root),
+                "manifest": str(manifest),
+                "output_dir": str(output_dir),
+                "device": "$torch.device('cpu')",
+                **overrides,
+            }
+        )
+        # every variant starts from the same weights and the same transform random streams
+        set_determinism(seed=seed)
+        start = time.perf_counter()
+        self.loader = parser.get_parsed_content("train#dataloader")
+        self.cache_build_s = time.perf_counter() - start
+        self.network = parser.get_parsed_content("network")
+        self.loss = parser.get_parsed_content("loss")
+        self.optimizer = parser.get_parsed_content("optimizer")
+        self.prepare = parser.get_parsed_content("train#trainer#prepare_batch")
+        self.settings = {
+            k: parser.get_parsed_content(k)
+            for k in (
+                "base_width",
+                "depth",
+                "patch_size",
+                "input_patch_size",
+                "batch_size",
+                "iterations_per_epoch",
+            )
+        }
+        self.settings["loader"] = type(self.loader).__name__
+        self.settings["num_workers"] = self.loader.num_workers
+        self.iterator = None
+        self.waits: list[float] = []
+        self.steps: list[float] = []
+
+    def _next_batch(self) -> Any:
+        # as Ignite with epoch_length: one iterator across epochs, a new one when it runs out
+        if self.iterator is None:
+            self.iterator = iter(self.loader)
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            return next(self.iterator)
+
+    def run(self, iterations: int, timed: bool = True) -> None:
+        """``iterations`` training iterations; the first is not timed (in a side-by-side run a
+        background loader may have prepared it while another variant ran)."""
+        self.network.train()
+        device = torch.device("cpu")
+        for i in range(iterations):
             t0 = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                break
+            batch = self._next_batch()
             t1 = time.perf_counter()
-            inputs, targets = prepare(batch, torch.device("cpu"), False)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(network(inputs), targets).mean()
-            loss.backward()
-            optimizer.step()
+            inputs, targets = self.prepare(batch, device, False)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss(self.network(inputs), targets).mean().backward()
+            self.optimizer.step()
             t2 = time.perf_counter()
-            waits[-1].append(t1 - t0)
-            steps[-1].append(t2 - t1)
-    warm_wait = sum(sum(w) for w in waits[1:])
-    warm_step = sum(sum(s) for s in steps[1:])
-    return dict(
-        bundle=bundle,
-        **settings,
-        iterations=sum(len(w) for w in waits),
-        cache_build_s=cache_s,
-        first_epoch_wait_s=sum(waits[0]),
-        wait_s_per_iter=warm_wait / max(1, sum(len(w) for w in waits[1:])),
-        step_s_per_iter=warm_step / max(1, sum(len(s) for s in steps[1:])),
-        median_wait_s=statistics.median(x for w in waits[1:] for x in w),
-        wait_fraction=warm_wait / (warm_wait + warm_step),
-    )
+            if timed and i > 0:
+                self.waits.append(t1 - t0)
+                self.steps.append(t2 - t1)
+
+
+def data_wait_rows(
+    bundle: str,
+    manifest: Path,
+    output_dir: Path,
+    variants: dict[str, dict[str, Any]],
+    *,
+    blocks: int,
+    block_iterations: int,
+) -> list[dict[str, Any]]:
+    """Data wait of ``bundle``'s training under each variant (``{name: id overrides}``), timed
+    side by side: ``blocks`` rounds, each running ``block_iterations`` iterations of every
+    variant in turn (the first round is warm-up; the first iteration of each block is not timed)."""
+    streams = {name: TrainingStream(bundle, manifest, output_dir, ov) for name, ov in variants.items()}
+    for r in range(blocks + 1):
+        for stream in streams.values():
+            stream.run(block_iterations, timed=r > 0)
+    rows = []
+    for name, s in streams.items():
+        wait, step = sum(s.waits), sum(s.steps)
+        n = len(s.waits)
+        rows.append(
+            dict(
+                bundle=bundle,
+                variant=name,
+                threads=torch.get_num_threads(),
+                **{
+                    k: ("x".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                    for k, v in s.settings.items()
+                },
+                cache_build_s=s.cache_build_s,
+                timed_iterations=n,
+                wait_s_per_iter=wait / n,
+                step_s_per_iter=step / n,
+                wall_s_per_iter=(wait + step) / n,
+                median_wait_s=statistics.median(s.waits),
+                wait_fraction=wait / (wait + step),
+            )
+        )
+    return rows
+
+
+# Loader variants timed side by side in the data-wait section (id overrides of training.json):
+# the loader the bundles shipped before plans chose one (the step waits for each batch), one
+# persistent worker process instead, and the bundle as a training runs it (the plan's choice).
+WAIT_VARIANTS: dict[str, dict[str, Any]] = {
+    "before: no prefetch": {"prefetch_batches": 0},
+    "1 worker process": {
+        "prefetch_batches": 0,
+        "num_workers": 1,
+        "train#dataloader#persistent_workers": True,
+    },
+    "planned": {},
+}
+WAIT_TAGS = {"before: no prefetch": "before", "1 worker process": "worker", "planned": "planned"}
+
+
+def _bundle_demo(bundle: str) -> tuple[int, int, int]:
+    """(dims, demo_n, demo_size) of a bundle's own demo dataset, from its training.json."""
+    import json
+
+    config = json.loads((BUNDLES / bundle / "configs" / "training.json").read_text())
+    return int(config["spatial_dims"]), int(config["demo_n"]), int(config["demo_size"])
+
+
+def data_wait_section(folder: Path, quick: bool, blocks: int, block_iterations: int) -> list[dict[str, Any]]:
+    """Data-wait rows of both bundles on their demo datasets: at the planned defaults (the plan a
+    training started with only ``--manifest`` makes on this machine), or at the quick widths."""
+    from unet_med.data.demo import generate_demo_dataset
+
+    rows = []
+    for bundle, quick_width in (("unet2d_paper", 8), ("unet3d", 4)):
+        dims, n, size = _bundle_demo(bundle)
+        manifest = generate_demo_dataset(
+            folder / f"demo{dims}d", dims=dims, n=min(n, 12) if quick else n, size=size, seed=0
+        )
+        width = {"base_width": quick_width} if quick else {}
+        variants = {name: {**width, **ov} for name, ov in WAIT_VARIANTS.items()}
+        bundle_rows = data_wait_rows(
+            bundle,
+            manifest,
+            folder / f"out{dims}d",
+            variants,
+            blocks=blocks,
+            block_iterations=block_iterations,
+        )
+        print(format_table(bundle_rows), flush=True)
+        rows += bundle_rows
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller volume, widths and datasets")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller volume and datasets; data wait at quick widths 8 (2D) / 4 (3D)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="load/preprocess repeats (median)")
+    parser.add_argument(
+        "--section",
+        choices=("all", "load", "data-wait"),
+        default="all",
+        help="what to measure (default: all)",
+    )
+    parser.add_argument(
+        "--blocks", type=int, default=None, help="data wait: timed rounds (default 6, quick 3)"
+    )
+    parser.add_argument(
+        "--block-iterations", type=int, default=8, help="data wait: iterations per variant and round"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     size = (256, 256, 64) if quick else (512, 512, 300)
     machine = machine_description()
     print("machine:", machine, flush=True)
 
-    from unet_med.data.demo import generate_demo_dataset
-
-    figures: dict[str, Any] = {"volume": "x".join(map(str, size))}
+    figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="unet-med-bench-") as tmp:
         folder = Path(tmp)
-        paths = write_volume_formats(size, folder)
-        rows = load_and_preprocess_seconds(paths, args.repeats)
-        print(format_table(rows))
-        for row in rows:
-            key = row["format"].lstrip(".").replace(".", "_")
-            figures[f"load_s_{key}"] = row["load_s"]
-            figures[f"preprocess_s_{key}"] = row["preprocess_s"]
-            figures[f"load_MB_per_s_{key}"] = row["MB_on_disk"] / row["load_s"]
-
-        wait_rows = []
-        for bundle, dims, n, width in (
-            ("unet2d_paper", 2, 12 if quick else 30, 8 if quick else None),
-            ("unet3d", 3, 6 if quick else 12, 4 if quick else None),
-        ):
-            manifest = generate_demo_dataset(folder / f"demo{dims}d", dims=dims, n=n, seed=0)
-            wait_rows.append(
-                data_wait_fraction(bundle, manifest, folder / f"out{dims}d", width, 3 if quick else 4)
-            )
-        print(format_table(wait_rows))
-        for row in wait_rows:
-            figures[f"data_wait_fraction_{row['bundle']}"] = row["wait_fraction"]
-            figures[f"step_s_{row['bundle']}"] = row["step_s_per_iter"]
-            figures[f"base_width_{row['bundle']}"] = row["base_width"]
+        if args.section in ("all", "load"):
+            figures["volume"] = "x".join(map(str, size))
+            paths = write_volume_formats(size, folder)
+            rows = load_and_preprocess_seconds(paths, args.repeats)
+            print(format_table(rows), flush=True)
+            for row in rows:
+                key = row["format"].lstrip(".").replace(".", "_")
+                figures[f"load_s_{key}"] = row["load_s"]
+                figures[f"preprocess_s_{key}"] = row["preprocess_s"]
+                figures[f"load_MB_per_s_{key}"] = row["MB_on_disk"] / row["load_s"]
+        if args.section in ("all", "data-wait"):
+            blocks = args.blocks or (3 if quick else 6)
+            wait_rows = data_wait_section(folder, quick, blocks, args.block_iterations)
+            for row in wait_rows:
+                tag = f"{row['bundle']}_{WAIT_TAGS[row['variant']]}"
+                figures[f"data_wait_fraction_{tag}"] = row["wait_fraction"]
+                figures[f"wall_s_per_iter_{tag}"] = row["wall_s_per_iter"]
+                figures[f"base_width_{row['bundle']}"] = row["base_width"]
     figures["load_avg_1min_at_start"] = machine["load_avg_1min_at_start"]
+    figures["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
+    figures["torch_threads"] = machine["torch_threads"]
     emit_figures(figures)
     return 0
 

@@ -19,8 +19,14 @@ Three sections:
   channels); the measured one is the ratio of times per output voxel. The top level's share of
   it, input voxels read per output voxel, is reported too.
 * ``presets``: every preset (paper, keras, vgg16, cicek3d) at the benchmark widths.
+* ``--default-widths`` (a mode of its own): the two bundles' networks as they train, at the
+  presets' widths on the presets' tiles (2D ``paper``, base width 64, 572^2; 3D ``cicek3d``, base
+  width 32, 132x132x116) and at the widths, depths and tiles the CPU plan picks for each bundle's
+  demo data (``unet_med.planning.make_plan``): achieved GFLOP/s of the forward pass and of the
+  training step against the matmul ceiling (3 repeats after one warm-up: a width-32 3D training
+  step takes about 30 s on one core here).
 
-Usage: ``.venv/bin/python -m bench.network [--quick]``.
+Usage: ``.venv/bin/python -m bench.network [--quick | --default-widths]``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,8 +51,10 @@ from bench.measure import (
     machine_description,
     matmul_gflops,
 )
-from unet_med.networks import UNet, create_unet
+from unet_med.networks import PRESETS, UNet, create_unet
 from unet_med.networks.shapes import min_input_size
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
 COLUMNS = [
     "section",
@@ -61,6 +71,7 @@ COLUMNS = [
     "train_GFLOP",
     "fwd_GFLOPs",
     "train_GFLOPs",
+    "fwd_frac_matmul",
     "train_frac_matmul",
     "fwd_ns_per_out_vox",
     "train_ns_per_out_vox",
@@ -158,6 +169,7 @@ class Case:
             fwd_ns_per_out_vox=fwd_s / self.output_voxels * 1e9,
             train_ns_per_out_vox=train_s / self.output_voxels * 1e9,
         )
+        row["fwd_frac_matmul"] = row["fwd_GFLOPs"] / ceiling
         row["train_frac_matmul"] = row["train_GFLOPs"] / ceiling
         return row
 
@@ -211,6 +223,115 @@ def build_cases(quick: bool) -> list[Case]:
     return cases
 
 
+def cpu_plans(folder: Path) -> dict[str, dict[str, Any]]:
+    """The CPU plan of each bundle for its own demo dataset (``demo_n`` scans of ``demo_size``
+    from its ``training.json``), as a training started with only ``--manifest`` makes it."""
+    import json
+
+    from unet_med.data.demo import generate_demo_dataset
+    from unet_med.planning import dataset_fingerprint, make_plan
+
+    plans = {}
+    for bundle in ("unet2d_paper", "unet3d"):
+        config = json.loads((BUNDLES / bundle / "configs" / "training.json").read_text())
+        dims = int(config["spatial_dims"])
+        manifest = generate_demo_dataset(
+            folder / bundle, dims=dims, n=int(config["demo_n"]), size=int(config["demo_size"]), seed=0
+        )
+        fingerprint = dataset_fingerprint(manifest, progress=False)
+        plans[bundle] = make_plan(fingerprint, bundle=bundle, device="cpu")
+    return plans
+
+
+def default_width_cases(plans: dict[str, dict[str, Any]]) -> list[Case]:
+    """The bundles' networks as they train (the preset's normalisation and dropout): at the
+    presets' widths on the presets' tiles, then as the CPU ``plans`` size them."""
+    cases: list[Case] = []
+    for preset in ("paper", "cicek3d"):
+        spec = PRESETS[preset]
+        net = create_unet(preset, out_channels=spec.paper_out_channels)
+        size = spec.paper_input_size
+        cases.append(
+            Case(
+                "preset width",
+                preset,
+                net,
+                spec.spatial_dims,
+                spec.base_width,
+                "valid",
+                size,
+                net.output_size(size),
+            )
+        )
+    for plan in plans.values():
+        preset = plan["_planned_with_"]["preset"]
+        net = create_unet(
+            preset,
+            in_channels=plan["_planned_with_"]["channels"],
+            out_channels=plan["num_classes"],
+            base_width=plan["base_width"],
+            depth=plan["depth"],
+            norm=plan["norm"],
+        )
+        size = tuple(plan["_planned_with_"]["input_patch_size"])
+        model = f"{preset} d{plan['depth']}"
+        cases.append(
+            Case(
+                "CPU plan",
+                model,
+                net,
+                len(size),
+                plan["base_width"],
+                "valid",
+                size,
+                tuple(plan["patch_size"]),
+            )
+        )
+    return cases
+
+
+def run_default_widths(repeats: int) -> int:
+    """``--default-widths``: achieved GFLOP/s at the bundles' default widths against the matmul
+    ceiling, forward and training step; every case and the ceiling's matrix product are timed
+    side by side (one warm-up round, median of ``repeats``)."""
+    import tempfile
+
+    from bench.measure import peak_rss_gib
+
+    machine = machine_description()
+    print("machine:", machine, flush=True)
+    with tempfile.TemporaryDirectory(prefix="unet-med-bench-") as tmp:
+        plans = cpu_plans(Path(tmp))
+    cases = default_width_cases(plans)
+    # the ceiling is timed in the same rounds as the networks (a minute apart, load changes)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    timed = {"mm": lambda: torch.mm(a, b)}
+    for i, case in enumerate(cases):
+        case.count()
+        timed[f"{i}.fwd"] = case.forward
+        timed[f"{i}.train"] = case.train_step
+    seconds = interleaved_seconds(timed, repeats=repeats, warmup=1)
+    ceiling = 2.0 * n**3 / seconds["mm"] / 1e9
+    print(
+        f"matmul ceiling: {ceiling:.1f} GFLOP/s (float32 {n}^2, {machine['torch_threads']} threads)",
+        flush=True,
+    )
+    rows = [case.finish(seconds[f"{i}.fwd"], seconds[f"{i}.train"], ceiling) for i, case in enumerate(cases)]
+    print(format_table(rows, COLUMNS), flush=True)
+    figures: dict[str, Any] = {"matmul_gflops": ceiling, "repeats": repeats, "default_widths": True}
+    for row in rows:
+        tag = f"{row['dims']}d_{'preset' if row['section'] == 'preset width' else 'cpu_plan'}_w{row['width']}"
+        for key in ("fwd_GFLOPs", "train_GFLOPs", "fwd_frac_matmul", "train_frac_matmul", "train_s", "fwd_s"):
+            figures[f"{key}_{tag}"] = row[key]
+    figures["peak_rss_gib"] = peak_rss_gib()
+    figures["torch_threads"] = machine["torch_threads"]
+    figures["load_avg_1min_at_start"] = machine["load_avg_1min_at_start"]
+    figures["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
+    emit_figures(figures)
+    return 0
+
+
 def _voxels(size: str) -> int:
     return math.prod(int(s) for s in size.split("x"))
 
@@ -219,7 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small widths and tiles (about 2 minutes)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (median)")
+    parser.add_argument(
+        "--default-widths",
+        action="store_true",
+        help="GFLOP/s at the bundles' preset widths and tiles and at the CPU plan's (~5 min on 1 thread)",
+    )
     args = parser.parse_args(argv)
+    if args.default_widths:
+        return run_default_widths(args.repeats or 3)
     repeats = args.repeats or (3 if args.quick else 5)
     torch.manual_seed(0)
 

@@ -86,6 +86,7 @@ def _table(plan: dict[str, Any], output: Path) -> str:
             f"{plan['iterations_per_epoch']}" + (f"  (~{step:.2f} s per step)" if step is not None else ""),
         ),
         ("val_interval", str(plan["val_interval"])),
+        ("prefetch_batches", f"{plan['prefetch_batches']}  (batches prepared in a background thread)"),
     ]
     width = max(len(k) for k, _ in rows)
     head = (

@@ -1,12 +1,17 @@
-"""Datasets cache the deterministic prefix of a transform chain, never the random steps."""
+"""Datasets cache the deterministic prefix of a transform chain, never the random steps; a loader
+that prepares batches in a background thread gives the same batches and the same errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from monai.transforms import Compose, MapTransform, RandSpatialCropd
+import torch
+from monai.data import DataLoader
+from monai.transforms import Compose, MapTransform, RandGaussianNoised, RandSpatialCropd
+from monai.utils import set_determinism
 
 from unet_med.data import make_dataset
+from unet_med.data.datasets import PrefetchingDataLoader, make_dataloader
 
 
 class CountingLoad(MapTransform):
@@ -52,3 +57,58 @@ def test_disk_cache_is_not_shared_between_preprocessing_settings(tmp_path):
     make_dataset(item, chain, cache="disk", cache_dir=tmp_path / "c", cache_key=same)[0]
     assert CountingLoad.calls == 2  # the same setting reuses them
     assert len(list((tmp_path / "c").iterdir())) == 2
+
+
+def _random_patch_chain() -> Compose:
+    return Compose(
+        [
+            RandSpatialCropd(["image"], roi_size=(6, 6), random_size=False),
+            RandGaussianNoised(["image"], prob=0.5),
+        ]
+    )
+
+
+def _batches(prefetch_batches: int, passes: int = 3) -> list:
+    set_determinism(seed=0)  # what a training's initialisation does
+    items = [{"image": np.random.default_rng(i).random((1, 20, 20), dtype=np.float32)} for i in range(5)]
+    loader = make_dataloader(
+        make_dataset(items, _random_patch_chain(), cache="memory"),
+        batch_size=2,
+        shuffle=True,
+        prefetch_batches=prefetch_batches,
+    )
+    batches = [type(loader)] + [batch["image"].clone() for _ in range(passes) for batch in loader]
+    set_determinism(seed=None)
+    return batches
+
+
+def test_prefetching_in_a_thread_gives_the_plain_loaders_batches_bit_for_bit():
+    plain, prefetched = _batches(0), _batches(1)
+    assert plain[0] is DataLoader and prefetched[0] is PrefetchingDataLoader
+    assert len(plain) == len(prefetched) == 1 + 3 * 3  # 5 items in batches of 2, three passes
+    # same shuffling, same random crops and noise, same order: training sees the same data
+    assert all(torch.equal(a, b) for a, b in zip(plain[1:], prefetched[1:]))
+    assert not torch.equal(plain[1], plain[4])  # the passes differ (the check can fail)
+    with pytest.raises(ValueError, match="prefetch_batches must be >= 0"):
+        make_dataloader([], prefetch_batches=-1)
+
+
+class BrokenAugmentation(MapTransform):
+    """A random step that fails on one scan, as a bad scan would."""
+
+    def __call__(self, data):
+        if data["name"] == "scan_3":
+            raise RuntimeError("scan_3: label has no foreground")
+        return data
+
+
+def test_an_error_while_prefetching_is_raised_in_the_training_thread():
+    items = [{"image": np.zeros((1, 8, 8), np.float32), "name": f"scan_{i}"} for i in range(5)]
+    chain = Compose(
+        [RandSpatialCropd(["image"], roi_size=(4, 4), random_size=False), BrokenAugmentation(["image"])]
+    )
+    loader = make_dataloader(make_dataset(items, chain, cache="memory"), prefetch_batches=1)
+    # MONAI's own ThreadDataLoader would end the pass early without an error
+    with pytest.raises(RuntimeError, match="BrokenAugmentation") as failure:
+        list(loader)
+    assert "scan_3: label has no foreground" in str(failure.value.__cause__)  # as a plain loader says

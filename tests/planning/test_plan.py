@@ -67,6 +67,7 @@ def test_every_plan_id_is_explained_and_the_plan_is_plain_json(ct_fingerprint):
     assert plan["manifest"] == ct_fingerprint["manifest"] and Path(plan["manifest"]).is_absolute()
     assert plan["pos"] == 1 and plan["neg"] == 2  # a third of the patches centred on foreground
     assert plan["resample_order_image"] == 1 and plan["resample_order_label"] == 0
+    assert plan["prefetch_batches"] == 1  # one training batch made ahead while the step runs
 
 
 def test_target_spacing_is_the_median_with_nnunets_anisotropy_rule():

@@ -1,20 +1,26 @@
-"""Dataset construction with the caching the config asks for.
+"""Dataset and data-loader construction with the caching and prefetching the config asks for.
 
 MONAI's ``CacheDataset`` (RAM) and ``PersistentDataset`` (disk) both run a chain up to its first
 random transform once and cache that result; the random transforms (patch sampling,
 augmentation) run fresh every epoch. So the deterministic prefix (loading, orientation,
 resampling, intensity normalisation, weight map) is computed once per scan.
+
+:func:`make_dataloader` runs the random rest in a background thread while the network trains on
+the previous batch (``prefetch_batches`` > 0, what plans choose), so the step does not wait for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_MODES", "make_dataset"]
+from monai.data import DataLoader, ThreadDataLoader
+from monai.data.thread_buffer import buffer_iterator
+
+__all__ = ["CACHE_MODES", "PrefetchingDataLoader", "make_dataloader", "make_dataset"]
 
 CACHE_MODES = ("memory", "disk", "none")
 
@@ -70,3 +76,61 @@ def make_dataset(
     if cache == "none":
         return Dataset(data, transform)
     raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+
+
+class PrefetchingDataLoader(ThreadDataLoader):
+    """MONAI's ``ThreadDataLoader``: a background thread prepares the next ``buffer_size``
+    batches while the caller works on the current one; with ``num_workers=0`` the same transform
+    objects run in the same order as in a plain ``DataLoader``, so the batches are the same, bit
+    for bit.
+
+    Written here because MONAI's thread drops an exception raised while preparing a batch (the
+    iteration just ends early, so a training would go on with short or empty epochs); this one
+    raises it in the consuming thread, as a plain ``DataLoader`` would.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        # the loader's iterator is made here, in the caller's thread, as ThreadDataLoader does
+        # (it draws its base seed from torch's global generator)
+        batches = DataLoader.__iter__(self)
+        failure: list[BaseException] = []
+
+        def source() -> Iterator[Any]:
+            try:
+                yield from batches
+            except Exception as exc:  # handed over to the consuming thread below
+                failure.append(exc)
+
+        yield from buffer_iterator(source(), self.buffer_size, self.buffer_timeout, self.repeats)
+        if failure:
+            raise failure[0]
+
+
+def make_dataloader(
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    shuffle: bool = False,
+    sampler: Any = None,
+    num_workers: int = 0,
+    prefetch_batches: int = 0,
+    **kwargs: Any,
+) -> DataLoader:
+    """A MONAI ``DataLoader`` over ``dataset``, or a :class:`PrefetchingDataLoader` when
+    ``prefetch_batches`` > 0: a background thread then prepares that many batches ahead while
+    the training step runs (the same batches in the same order as without it).
+
+    Args:
+        dataset, batch_size, shuffle, sampler, num_workers, kwargs: as ``DataLoader``.
+        prefetch_batches: batches prepared ahead in a background thread (0: none, the step
+            waits for each batch to be made).
+
+    Raises:
+        ValueError: a negative ``prefetch_batches``.
+    """
+    if int(prefetch_batches) < 0:
+        raise ValueError(f"prefetch_batches must be >= 0 (0: no background thread), got {prefetch_batches!r}")
+    args = dict(batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers, **kwargs)
+    if int(prefetch_batches) == 0:
+        return DataLoader(dataset, **args)
+    return PrefetchingDataLoader(dataset, buffer_size=int(prefetch_batches), **args)

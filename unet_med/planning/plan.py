@@ -26,7 +26,8 @@ target device:
   once) when two patches do not fit, or fit only so small that together they hold fewer output
   voxels than the single patch (the valid network's context margin makes small outputs costly);
 - foreground oversampling: a third of the patches centred on a labelled voxel;
-- iterations per epoch and validation interval from the estimated step time on the device.
+- iterations per epoch and validation interval from the estimated step time on the device;
+- data loading: one batch prepared ahead in a background thread while the network trains.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ PLAN_IDS = (
     "neg",
     "iterations_per_epoch",
     "val_interval",
+    "prefetch_batches",
     "training_command",
 )
 
@@ -129,6 +131,12 @@ STEP_OVERHEAD = 2.0
 SLOW_CPU_STEP_S = 10.0
 # nnU-Net caps the batch at 5% of the dataset's voxels when memory allows more than 2.
 BATCH_DATASET_FRACTION = 0.05
+# Training batches prepared ahead in a background thread (MONAI ThreadDataLoader) while the
+# network trains: the random part of the training chain then overlaps the step. Measured on the
+# CPU plans of both bundles (docs/BENCHMARKS.md section 3, 2-core CPU): the wait fell from 8-17%
+# of the step to under 0.5%; one worker process hid less of it (every batch crosses a process
+# boundary) and, at 2 threads, slowed the 3D step.
+PREFETCH_BATCHES = 1
 
 
 class PlanError(ValueError):
@@ -601,6 +609,16 @@ def make_plan(
         )
     plan["iterations_per_epoch"] = iterations
     plan["val_interval"] = val_interval
+    plan["prefetch_batches"] = PREFETCH_BATCHES
+    comments["prefetch_batches"] = (
+        f"{PREFETCH_BATCHES} training batch prepared in a background thread while the network trains on "
+        "the current one (MONAI ThreadDataLoader over the cached deterministic prefix), so patch "
+        "sampling and augmentation overlap the step instead of adding to it; the batches are the "
+        "plain loader's, bit for bit. On the CPU plans of the demo data this cut the data wait from "
+        "8-17% of a step to under 0.5% (2-core CPU, 1 and 2 threads); a worker process (num_workers) "
+        "hid less of it, every batch crossing a process boundary (docs/BENCHMARKS.md, section 3). "
+        "0 turns the thread off"
+    )
 
     plan["training_command"] = training_command(bundle_path, plan_path, fingerprint["manifest"])
     comments["training_command"] = "run this to train with the plan (explicit --ids after it still win)"
