@@ -126,7 +126,9 @@ def materialise_revision(rev: str, folder: Path) -> CodeTree:
     )  # fmt: skip
     if short.returncode != 0:
         raise SystemExit(f"bench.scan: --baseline-rev {rev}: not a commit of {ROOT} ({short.stderr.strip()})")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True, check=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True, check=True
+    )
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(folder, filter="data")
@@ -216,7 +218,8 @@ def segmentation_figures(maps: Mapping[str, tuple[Any, Any]], ct: SyntheticCT) -
                 f"{ct.label.shape}\n{ct.affine}"
             )
         dice = dice_per_label(array, ct.label, (1, 2))
-        figures[name] = {"dice_organ": dice[1], "dice_lesion": dice[2], "dice_mean": float(np.mean(list(dice.values())))}
+        mean = float(np.mean(list(dice.values())))
+        figures[name] = {"dice_organ": dice[1], "dice_lesion": dice[2], "dice_mean": mean}
     names = list(maps)
     if len(names) == 2:
         first, second = maps[names[0]][0], maps[names[1]][0]
@@ -280,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for k, tree in enumerate(trees):
                     out = folder / f"out_{network}_{k}"
                     runs[tree.name].append(infer_once(tree, ct.inputs, out, checkpoint, args.device, width))
-                    print(f"  {network} {tree.name} repeat {repeat}: {runs[tree.name][-1]['scan']:.1f} s per scan",
-                          flush=True)  # fmt: skip
+                    seconds = runs[tree.name][-1]["scan"]
+                    print(f"  {network} {tree.name} repeat {repeat}: {seconds:.1f} s per scan", flush=True)
                     if repeat == 0:
                         maps[tree.name] = label_map(out)
             medians = {name: _median_row(r) for name, r in runs.items()}
