@@ -260,8 +260,8 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-cpu-tuning",
         action="store_true",
-        help="on the CPU, keep the process's memory allocator and the network's layout as they are: "
-        "slower (2-2.5x for a 3D network), about a fifth less peak memory",
+        help="on the CPU, keep the memory allocator's defaults and the network's layout: prediction about "
+        "2.2x slower for a 3D network, 10-25% less peak memory",
     )
 
 

@@ -92,7 +92,9 @@ def test_halfway_samples_and_rotated_grids_are_left_to_monai():
     # spacing 0.35 from 0.7: every other output voxel samples halfway between two input voxels
     image = _image(spacing=(0.7, 0.7, 2.5), seed=2)
     labels = MetaTensor((image.as_tensor() > 0).float(), affine=image.affine)
-    for kwargs in (dict(pixdim=(0.35, 0.35, 2.5), mode="nearest"), dict(pixdim=(1.0, 1.0, 2.5), diagonal=True)):
+    halfway = dict(pixdim=(0.35, 0.35, 2.5), mode="nearest")
+    rotated = dict(pixdim=(1.0, 1.0, 2.5), diagonal=True)  # resampled onto the world's axes
+    for kwargs in (halfway, rotated):
         expected = Spacingd("label", **kwargs)({"label": labels})["label"]
         got = AxisAlignedSpacingd("label", **kwargs)({"label": labels})["label"]
         assert got.shape == expected.shape
