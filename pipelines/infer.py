@@ -261,7 +261,7 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
         "--no-cpu-tuning",
         action="store_true",
         help="on the CPU, keep the memory allocator's defaults and the network's layout: prediction about "
-        "2.2x slower for a 3D network, 10-25% less peak memory",
+        "2.2x slower for a 3D network, 10-25%% less peak memory",
     )
 
 
