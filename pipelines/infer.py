@@ -257,6 +257,12 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add per-label intensity mean/std (HU for CT) and connected-component counts to report.csv",
     )
+    parser.add_argument(
+        "--no-cpu-tuning",
+        action="store_true",
+        help="on the CPU, keep the memory allocator's defaults and the network's layout: prediction about "
+        "2.2x slower for a 3D network, 10-25%% less peak memory",
+    )
 
 
 def segmenter_from_args(args: argparse.Namespace, *, overwrite: bool = False, bundle: Path | None = None):
@@ -274,6 +280,7 @@ def segmenter_from_args(args: argparse.Namespace, *, overwrite: bool = False, bu
         tta=args.tta,
         overrides=_overrides(args.set), qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=overwrite,
         save_probabilities=args.save_probabilities, statistics=args.statistics, rtstruct=args.rtstruct,
+        cpu_tuning=not args.no_cpu_tuning,
     )
     bundle = segmenter.bundle
     if len(bundle.checkpoints) > 1:
@@ -462,6 +469,7 @@ def _exported_segmenter(args: argparse.Namespace, bundle_dir: Path):
     return BatchSegmenter(
         bundle, qc=not args.no_qc, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
         save_probabilities=args.save_probabilities, statistics=args.statistics, rtstruct=args.rtstruct,
+        cpu_tuning=not args.no_cpu_tuning,
     )
 
 

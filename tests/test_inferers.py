@@ -8,7 +8,8 @@ import torch
 from monai.data import MetaTensor
 from monai.networks.nets import BasicUNet
 
-from unet_med.inferers import OverlapTileInferer, mirror_indices
+import unet_med.inferers as inferers
+from unet_med.inferers import OverlapTileInferer, default_memory_budget_mb, mirror_indices
 from unet_med.networks import UNet, min_input_size
 
 
@@ -150,6 +151,41 @@ def test_channels_last_and_autocast_keep_the_prediction(dims, size):
     assert (mixed - reference).abs().max() < 0.1 * reference.abs().max()
     whole = OverlapTileInferer(None, precision="bfloat16")(image, net)
     assert (mixed.argmax(1) == whole.argmax(1)).float().mean() > 0.98
+
+
+def test_tiled_equals_one_pass_with_channels_last_weights():
+    # batch inference on the CPU runs 3D U-Nets with channels-last weights (cpu_tuning)
+    net = _net(3, widths=(2, 4, 8)).to(memory_format=torch.channels_last_3d)
+    image = torch.randn(1, 2, 13, 11, 9)
+    inferer = OverlapTileInferer((8, 4, 4))
+    assert inferer.plan((13, 11, 9), net).num_tiles > 1
+    torch.testing.assert_close(inferer(image, net), _one_pass(net, image), rtol=1e-4, atol=1e-5)
+
+
+def test_default_budget_on_the_cpu_follows_the_available_memory_within_bounds(monkeypatch):
+    monkeypatch.setattr(inferers, "available_memory_mb", lambda: 4096.0)
+    assert default_memory_budget_mb("cpu") == 1024  # an eighth would be 512: never below 1024
+    monkeypatch.setattr(inferers, "available_memory_mb", lambda: 12 * 1024.0)
+    assert default_memory_budget_mb("cpu") == 1536
+    monkeypatch.setattr(inferers, "available_memory_mb", lambda: 64 * 1024.0)
+    assert default_memory_budget_mb("cpu") == 2048 == default_memory_budget_mb(None)
+    assert default_memory_budget_mb("meta") == 1024  # devices other than the CPU and CUDA
+    monkeypatch.setattr(inferers, "available_memory_mb", lambda: None)
+    assert default_memory_budget_mb("cpu") == 1024
+
+
+def test_default_budget_grows_only_where_larger_tiles_save_enough_compute(monkeypatch):
+    net = _net(3, widths=(2, 4, 8))
+    # scaled down: 2 MiB is the default, 200 MiB what the machine allows (the whole 64^3 image)
+    monkeypatch.setattr(inferers, "DEFAULT_MEMORY_BUDGET_MB", 2.0)
+    monkeypatch.setattr(inferers, "default_memory_budget_mb", lambda device=None: 200.0)
+    small = OverlapTileInferer(memory_budget_mb=2).plan((64, 64, 64), net, in_channels=2)
+    large = OverlapTileInferer(memory_budget_mb=200).plan((64, 64, 64), net, in_channels=2)
+    assert large.num_tiles < small.num_tiles
+    assert OverlapTileInferer().plan((64, 64, 64), net, in_channels=2) == large
+    # the same image where the larger tiles would not cut the predicted voxels by the required share
+    monkeypatch.setattr(inferers, "MIN_VOXEL_SAVING", 0.999)
+    assert OverlapTileInferer().plan((64, 64, 64), net, in_channels=2) == small
 
 
 def test_bad_arguments_are_named():

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ __all__ = [
     "OverlapTileInferer",
     "PeakMemory",
     "TilePlan",
+    "available_memory_mb",
     "default_memory_budget_mb",
     "mirror_indices",
     "network_spec",
@@ -63,28 +65,62 @@ __all__ = [
 PADDING_MODES = ("reflect", "symmetric", "replicate")
 BLEND_MODES = ("constant", "gaussian")
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_MEMORY_BUDGET_MB = 1024.0
+DEFAULT_MEMORY_BUDGET_MB = 1024.0  # the default off the CPU and GPU, and the least on the CPU
+CPU_MEMORY_BUDGET_MB = 2048.0  # the most the default grows to on the CPU
+# The budget counts the window batch as PeakMemory sees it; a CPU process's resident peak was
+# measured at 2.5-3x that (oneDNN's buffers, allocator), plus the scans: one eighth of the
+# available memory leaves room for it.
+CPU_MEMORY_FRACTION = 1 / 8
+# the share of predicted voxels a larger default budget must save to be used on the CPU (measured:
+# 11% fewer voxels gave no faster prediction for a two-pooling 3D U-Net, 44% fewer gave 1.45x)
+MIN_VOXEL_SAVING = 0.2
 CUDA_BUDGET_FRACTION = 0.5
 CUDA_BUDGET_CAP_MB = 16384.0
 
 
-def default_memory_budget_mb(device: torch.device | None) -> float:
-    """MiB for one window batch when the inferer is given neither a tile nor a budget.
+def available_memory_mb() -> float | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in MiB (memory the kernel can hand out without
+    swapping), else free physical pages; None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (AttributeError, OSError, ValueError):
+        return None
 
-    On a CUDA device: half of the memory free on it when the tiles are planned (counting the
-    blocks PyTorch's allocator caches but does not use as free; the stitched
-    output, cuDNN's workspaces and the caching allocator's slack live beside the window), at most
-    16 GiB; by then the context margins are a small share of a tile and larger windows gain little.
-    A fixed budget sized for a CPU would cut a GPU's prediction into hundreds of small tiles, each
-    paying the margin again (484 tiles instead of 1 for a 256x256x128 volume at the 3D bundle's
-    width, ``docs/BENCHMARKS.md``). Elsewhere :data:`DEFAULT_MEMORY_BUDGET_MB`.
+
+def default_memory_budget_mb(device: str | torch.device | None = None) -> float:
+    """The largest window-batch budget (MiB) an :class:`OverlapTileInferer` without one may use.
+
+    - CPU (and ``None``): an eighth of the available memory, at least 1024 and at most 2048 MiB
+      (bigger tiles repeat less context margin: 1.45x faster prediction for a three-pooling 3D
+      U-Net on a 512 x 512 x 120 CT at 2048 than at 1024 MiB; docs/BENCHMARKS.md section 5). The
+      inferer takes it only where it saves enough compute (:data:`MIN_VOXEL_SAVING`).
+    - CUDA: half of the memory free on the GPU when the tiles are planned (counting the blocks
+      PyTorch's caching allocator holds but no tensor uses as free; the stitched output and
+      cuDNN's workspaces live beside the window), at most 16 GiB: by then the context margins are
+      a small share of a tile. A budget sized for a CPU cut a GPU's prediction into hundreds of
+      small tiles, each paying the margin again (484 tiles instead of 1 for a 256x256x128 volume
+      at the 3D bundle's width: 11x slower; docs/BENCHMARKS.md section 7).
+    - other devices: :data:`DEFAULT_MEMORY_BUDGET_MB`.
     """
-    if device is not None and device.type == "cuda":
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "cuda":
+        device = torch.device(device)
         free, _ = torch.cuda.mem_get_info(device)
-        # blocks PyTorch's caching allocator holds but no tensor uses are free for the window too
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return min(CUDA_BUDGET_FRACTION * free / 2**20, CUDA_BUDGET_CAP_MB)
-    return DEFAULT_MEMORY_BUDGET_MB
+    if kind != "cpu":
+        return DEFAULT_MEMORY_BUDGET_MB
+    available = available_memory_mb()
+    if available is None:
+        return DEFAULT_MEMORY_BUDGET_MB
+    return float(min(CPU_MEMORY_BUDGET_MB, max(DEFAULT_MEMORY_BUDGET_MB, available * CPU_MEMORY_FRACTION)))
 
 
 def mirror_indices(length: int, start: int, size: int, mode: str = "reflect") -> torch.Tensor:
@@ -220,10 +256,12 @@ class OverlapTileInferer(Inferer):
             axis; ``None``, 0 or -1 on an axis means the whole axis. Rounded up to a legal tile and
             capped at the image. ``None`` (the default) picks the tile from ``memory_budget_mb``.
         memory_budget_mb: MiB allowed for one window batch (input tiles, activations, output
-            tiles) when ``output_tile_size`` is ``None``; default :func:`default_memory_budget_mb`
-            of the windows' device (half the free memory of a GPU, at most 16 GiB; 1024 on a CPU).
-            The peak bytes per voxel are measured once per network by tracking live tensors
-            through a forward pass on a small tile (on the ``meta`` device: no compute).
+            tiles) when ``output_tile_size`` is ``None``. Default (:func:`default_memory_budget_mb`
+            of the windows' device): on a GPU half of its free memory, at most 16 GiB; on the CPU
+            1024, or up to 2048 when the larger tiles cut the voxels predicted by at least a fifth
+            (:data:`MIN_VOXEL_SAVING`). The peak bytes per voxel
+            are measured once per network by tracking live tensors through a forward pass on a
+            small tile (on the ``meta`` device: no compute).
         overlap: fraction (0 <= overlap < 1) of the output tile shared by neighbouring tiles,
             on top of the few voxels that the pooling grid makes them share anyway.
         blend_mode: ``"constant"`` or ``"gaussian"`` weighting of overlapping tiles.
@@ -303,9 +341,11 @@ class OverlapTileInferer(Inferer):
         if any(s < 1 for s in image_size):
             raise ValueError(f"image has an empty spatial axis: size {image_size}")
         geo = _Geometry(network, len(image_size))
-        if self.output_tile_size is None:
-            budget = (self.memory_budget_mb or default_memory_budget_mb(sw_device)) * 2**20
+        if self.output_tile_size is None and self.memory_budget_mb is not None:
+            budget = self.memory_budget_mb * 2**20
             wanted = self._tile_from_budget(image_size, geo, network, in_channels, budget, sw_device)
+        elif self.output_tile_size is None:
+            wanted = self._tile_from_default_budget(image_size, geo, network, in_channels, sw_device)
         else:
             wanted = self._requested_tile(image_size, geo)
         input_tile = geo.input_for_output(wanted)
@@ -355,6 +395,43 @@ class OverlapTileInferer(Inferer):
             if out <= geo.period:
                 break
         return sorted(best.values())
+
+    def _tile_from_default_budget(
+        self,
+        image_size: tuple[int, ...],
+        geo: _Geometry,
+        network: Callable,
+        in_channels: int,
+        sw_device: torch.device | None,
+    ) -> tuple[int, ...]:
+        """On a GPU the output tile for its :func:`default_memory_budget_mb`. Elsewhere the tile for
+        :data:`DEFAULT_MEMORY_BUDGET_MB`, or for the larger
+        :func:`default_memory_budget_mb` of the device when that cuts the input voxels predicted
+        (the compute, context margins included) by at least :data:`MIN_VOXEL_SAVING`: a bigger
+        window costs memory and, on the CPU, some speed per voxel (13% more time per voxel for a
+        23M- than for a 7M-voxel tile of the 3D U-Net), so it is only taken where it pays."""
+        device = sw_device or _parameter_device(network) or torch.device("cpu")
+        larger_mb = default_memory_budget_mb(device)
+        if device.type == "cuda":  # a GPU gains from the largest tile its memory allows
+            return self._tile_from_budget(image_size, geo, network, in_channels, larger_mb * 2**20, sw_device)
+        small = self._tile_from_budget(
+            image_size, geo, network, in_channels, DEFAULT_MEMORY_BUDGET_MB * 2**20, sw_device
+        )
+        if larger_mb <= DEFAULT_MEMORY_BUDGET_MB:
+            return small
+        large = self._tile_from_budget(image_size, geo, network, in_channels, larger_mb * 2**20, sw_device)
+
+        def predicted_voxels(wanted: tuple[int, ...]) -> int:
+            input_tile = geo.input_for_output(wanted)
+            output_tile = geo.output_for_input(input_tile)
+            counts = [
+                1 if o >= n else -(-(n - o) // self._step(o, geo.period)) + 1
+                for n, o in zip(image_size, output_tile)
+            ]
+            return math.prod(counts) * math.prod(input_tile)
+
+        saving = 1.0 - predicted_voxels(large) / predicted_voxels(small)
+        return large if saving >= MIN_VOXEL_SAVING else small
 
     def _tile_from_budget(
         self,

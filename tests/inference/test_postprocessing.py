@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.transforms import AsDiscrete
 
-from unet_med.inference.postprocessing import postprocessing_transforms, to_input_geometry
+from unet_med.inference.postprocessing import channel_argmax, postprocessing_transforms, to_input_geometry
 
 
 def test_postprocessing_keeps_largest_component_and_fills_holes():
@@ -31,3 +32,20 @@ def test_to_input_geometry_names_the_scan_when_shapes_disagree():
     assert labels.shape == (6, 6, 4) and labels.dtype == np.uint8
     with pytest.raises(ValueError, match=r"scan x: .*\(6, 6, 4\).*\(7, 6, 4\)"):
         to_input_geometry(data, preprocessing=None, spatial_shape=(7, 6, 4), name="scan x")
+
+
+def test_channel_argmax_is_monai_argmax_with_ties_to_the_first_class_and_the_metadata_kept():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 9, 8, 7).round()  # rounded: many ties between classes
+    logits[:, 0, 0, 0] = 2.0  # a three-way tie -> class 0
+    logits[0, 1, 0, 0], logits[1:, 1, 0, 0] = 0.0, 1.0  # a tie of classes 1 and 2 -> class 1
+    image = MetaTensor(logits, affine=torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0])))
+    image.applied_operations = [{"class": "Spacing", "id": 1}]
+    got, expected = channel_argmax(image), AsDiscrete(argmax=True)(image)
+    assert isinstance(got, MetaTensor) and got.dtype == torch.float32 and got.shape == (1, 9, 8, 7)
+    assert torch.equal(got.as_tensor(), expected.as_tensor())
+    assert got[0, 0, 0, 0] == 0 and got[0, 1, 0, 0] == 1
+    torch.testing.assert_close(got.affine, image.affine)
+    assert got.applied_operations == expected.applied_operations == image.applied_operations
+    as_array = channel_argmax(logits.numpy())
+    assert isinstance(as_array, np.ndarray) and np.array_equal(as_array, expected.numpy())

@@ -450,3 +450,14 @@ def test_rtstruct_for_dicom_inputs_reads_back_as_the_label_map(infer_bundle, inf
         main(["infer", "--help"])
     text = capsys.readouterr().out
     assert "--rtstruct" in text and "<scan_id>_rtstruct.dcm" in text
+
+
+def test_no_cpu_tuning_gives_the_same_label_maps(infer_bundle, infer_scans, tmp_path):
+    assert _infer(infer_bundle, infer_scans, tmp_path / "tuned", "--no-qc", "--device", "cpu") == 0
+    plain_run = ("--no-qc", "--device", "cpu", "--no-cpu-tuning")
+    assert _infer(infer_bundle, infer_scans, tmp_path / "plain", *plain_run) == 0
+    tuned = sorted((tmp_path / "tuned").glob("*_seg.nii.gz"))
+    assert len(tuned) == 3
+    for path in tuned:
+        plain = nib.load(str(tmp_path / "plain" / path.name))
+        np.testing.assert_array_equal(np.asarray(nib.load(str(path)).dataobj), np.asarray(plain.dataobj))

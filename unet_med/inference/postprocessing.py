@@ -1,9 +1,9 @@
 """From network logits to a label map in the scan's own geometry.
 
 :func:`postprocessing_transforms` is the chain a bundle's ``inference.json`` refers to by
-``_target_`` (id ``postprocessing``): argmax over the class channel, inversion of the spatial
-preprocessing (``monai.transforms.Invertd``, nearest neighbour, so labels stay labels), then
-optionally MONAI's ``KeepLargestConnectedComponentd`` and ``FillHolesd`` per label.
+``_target_`` (id ``postprocessing``): argmax over the class channel (:class:`ChannelArgmaxd`),
+inversion of the spatial preprocessing (``monai.transforms.Invertd``, nearest neighbour, so labels
+stay labels), then optionally MONAI's ``KeepLargestConnectedComponentd`` and ``FillHolesd`` per label.
 :func:`to_input_geometry` is the safety net of batch inference: whatever the bundle's chain did,
 the label map that gets written has the loaded scan's shape.
 :func:`probabilities_to_input_geometry` brings the softmax back by the same inversion.
@@ -16,16 +16,52 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
-    AsDiscreted,
     Compose,
     FillHolesd,
     Invertd,
     InvertibleTransform,
     KeepLargestConnectedComponentd,
+    MapTransform,
 )
+from monai.utils import convert_to_dst_type
 
-__all__ = ["postprocessing_transforms", "probabilities_to_input_geometry", "to_input_geometry"]
+__all__ = [
+    "ChannelArgmaxd",
+    "channel_argmax",
+    "postprocessing_transforms",
+    "probabilities_to_input_geometry",
+    "to_input_geometry",
+]
+
+
+def channel_argmax(logits: Any) -> Any:
+    """Label map ``(1, *spatial)`` of class logits ``(C, *spatial)``: the index of the largest
+    class, the first one where several tie; float32 and of the input's type and metadata, as
+    ``monai.transforms.AsDiscrete(argmax=True)`` gives it.
+
+    Written here because ``torch.argmax`` over the leading (class) axis of a channel-first
+    volume is about 10x slower on the CPU than ``torch.max(dim=0)``, which returns the same
+    indices (1.5 s against 0.15 s for 3 x 344 x 331 x 120 logits).
+    """
+    values = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
+    labels = values.max(dim=0, keepdim=True).indices.to(torch.float32)
+    return convert_to_dst_type(labels, logits, dtype=torch.float32)[0]
+
+
+class ChannelArgmaxd(MapTransform):
+    """Dictionary version of :func:`channel_argmax`: the label map replaces the logits under ``keys``."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Any) -> dict[Any, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = channel_argmax(d[key])
+        return d
 
 
 def postprocessing_transforms(
@@ -52,7 +88,7 @@ def postprocessing_transforms(
     """
     steps: list[Any] = []
     if argmax:
-        steps.append(AsDiscreted(keys=keys, argmax=True))
+        steps.append(ChannelArgmaxd(keys))
     if preprocessing is not None:
         steps.append(Invertd(keys, transform=preprocessing, orig_keys=orig_keys, nearest_interp=True))
     if largest_component:
@@ -96,7 +132,7 @@ def to_input_geometry(
     if not isinstance(pred, torch.Tensor):
         pred = torch.as_tensor(np.asarray(pred))
     if pred.ndim == len(spatial_shape) + 1 and pred.shape[0] > 1:
-        pred = AsDiscreted(keys=key, argmax=True)({key: pred})[key]
+        pred = channel_argmax(pred)
     pending = getattr(pred, "applied_operations", None)
     if pending and preprocessing is not None and tuple(pred.shape[1:]) != tuple(spatial_shape):
         pred = _inverted(data, pred, preprocessing=preprocessing, key=key, orig_key=orig_key)

@@ -41,6 +41,7 @@ from monai.data.utils import affine_to_spacing
 from unet_med.data.discovery import Scan, ScanDiscovery
 from unet_med.dicom.selection import SeriesSelection
 from unet_med.inference.bundle_loading import InferenceBundle, load_bundle
+from unet_med.inference.cpu_tuning import channels_last_network, retain_freed_memory
 from unet_med.inference.measurements import label_statistics
 from unet_med.inference.outputs import finished_segmentation, write_scan_outputs
 from unet_med.inference.prediction import PreparedScan, predict_label_map, prepare_scan
@@ -100,6 +101,9 @@ class BatchSegmenter:
         statistics: add per-label intensity mean/std (original intensities, HU for CT) and
             connected-component counts to each segmented scan's report row.
         rtstruct: also write an RT Structure Set for DICOM inputs.
+        cpu_tuning: when the bundle runs on the CPU, apply :mod:`~unet_med.inference.cpu_tuning`
+            (glibc keeps freed memory for reuse, process-wide; 3D convolution weights in
+            channels-last layout); False leaves the process and the network as they are.
     """
 
     def __init__(
@@ -112,7 +116,11 @@ class BatchSegmenter:
         save_probabilities: bool = False,
         statistics: bool = False,
         rtstruct: bool = False,
+        cpu_tuning: bool = True,
     ) -> None:
+        if cpu_tuning and getattr(bundle.device, "type", str(bundle.device)) == "cpu":
+            retain_freed_memory()
+            bundle.network = channels_last_network(bundle.network)
         self.bundle = bundle
         self.qc = qc
         self.dicom_seg = dicom_seg
@@ -136,6 +144,7 @@ class BatchSegmenter:
         save_probabilities: bool = False,
         statistics: bool = False,
         rtstruct: bool = False,
+        cpu_tuning: bool = True,
     ) -> BatchSegmenter:
         """Load ``bundle_dir`` (see :func:`~unet_med.inference.bundle_loading.load_bundle` for
         ``checkpoint``, ``device``, ``tta``, ``overrides``) and make a segmenter of it. Several
@@ -154,6 +163,7 @@ class BatchSegmenter:
             save_probabilities=save_probabilities,
             statistics=statistics,
             rtstruct=rtstruct,
+            cpu_tuning=cpu_tuning,
         )
 
     # ------------------------------------------------------------------------------ one scan

@@ -40,7 +40,6 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     ScaleIntensityRanged,
-    Spacingd,
     SpatialPadd,
 )
 
@@ -54,6 +53,7 @@ from unet_med.transforms.intensity import (
     dataset_ct_normalisation,
 )
 from unet_med.transforms.orientation import SpatialOrientationd
+from unet_med.transforms.resampling import AxisAlignedSpacingd
 from unet_med.transforms.weight_map import BorderWeightMapd
 
 __all__ = [
@@ -162,7 +162,7 @@ def preprocessing_transforms(
         )
     if spacing is not None:
         steps.append(
-            Spacingd(
+            AxisAlignedSpacingd(  # MONAI's Spacingd, computed per axis where it can (resampling.py)
                 keys,
                 pixdim=list(spacing)[:spatial_dims],
                 mode=nearest_or_linear,
