@@ -107,6 +107,8 @@ def test_3d_bundle_trains_with_dice_ce_on_ct_volumes(tmp_path, bundle_command, r
     # a CPU plan trains the 3D U-Net with two poolings (40 voxels of context), batch norm kept
     assert run.data.params["net.depth"] == "2" and run.data.params["net.norm"] == "batch"
     assert run.data.params["data.input_patch_size"] == "[44, 44, 44]"
+    # batch-norm statistics recomputed from foreground patches before each validation
+    assert run.data.params["train.bn_recalibration_patches"] == "16"
     network = json.loads((out / "models" / "network.json").read_text())
     assert len(network["widths"]) == 3 and network["norm"] == "batch"  # what infer rebuilds
     assert {"val_dice_organ", "val_dice_lesion", "train_loss"} <= set(run.data.metrics)

@@ -35,3 +35,19 @@ def test_two_process_gloo_training(tmp_path, bundle_command, run_ok):
     last = torch.load(out / "models" / "checkpoint_last.pt", weights_only=True)
     assert last["trainer"]["iteration"] == per_rank
     assert not any(k.startswith("module.") for k in last["network"])  # saved unwrapped from DDP
+
+
+def test_two_process_gloo_training_of_the_batch_norm_3d_bundle(tmp_path, bundle_command, run_ok):
+    """Both ranks recompute the batch-norm statistics before validating, without collectives
+    of their own (the module inside DDP): the run must neither hang nor diverge."""
+    manifest = generate_demo_dataset(tmp_path / "demo3d", dims=3, n=12, size=24)
+    out = tmp_path / "run"
+    configs = ["training.json", "multi_gpu_train.json"]
+    extra = ["--epochs", "1", "--patch_size", "[4,4,4]", "--cache", "none", "--bn_recalibration_patches", "2"]
+    command = bundle_command("unet3d", "training", configs, out, manifest, *extra)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run_ok(torchrun + command[1:], cwd=tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{Path(out).parent.resolve()}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("unet3d").experiment_id])
+    assert "val_mean_dice" in run.data.metrics
+    assert run.data.params["train.bn_recalibration_patches"] == "2"

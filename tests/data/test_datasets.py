@@ -112,3 +112,22 @@ def test_an_error_while_prefetching_is_raised_in_the_training_thread():
     with pytest.raises(RuntimeError, match="BrokenAugmentation") as failure:
         list(loader)
     assert "scan_3: label has no foreground" in str(failure.value.__cause__)  # as a plain loader says
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "none"])
+def test_with_transform_shares_the_cached_prefix_and_runs_its_own_random_tail(tmp_path, cache):
+    from unet_med.data.datasets import with_transform
+
+    CountingLoad.calls = 0
+    load = CountingLoad(["image"])
+    chain = Compose([load, RandSpatialCropd(["image"], roi_size=(4, 4), random_size=False)])
+    ds = make_dataset([{"offset": 0.0}, {"offset": 1000.0}], chain, cache=cache, cache_dir=tmp_path / "c")
+    ds[0], ds[1]
+    calls = CountingLoad.calls
+    larger = RandSpatialCropd(["image"], roi_size=(6, 6), random_size=False)
+    other = with_transform(ds, Compose([load, larger]))
+    crop = other[1]["image"]
+    assert crop.shape == (1, 6, 6) and float(crop.min()) >= 1000.0
+    assert ds[1]["image"].shape == (1, 4, 4)  # the original keeps its chain
+    # no second load where the prefix is cached
+    assert CountingLoad.calls == calls + {"memory": 0, "disk": 0, "none": 2}[cache]

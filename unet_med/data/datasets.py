@@ -11,6 +11,7 @@ the previous batch (``prefetch_batches`` > 0, what plans choose), so the step do
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 from monai.data import DataLoader, ThreadDataLoader
 from monai.data.thread_buffer import buffer_iterator
 
-__all__ = ["CACHE_MODES", "PrefetchingDataLoader", "make_dataloader", "make_dataset"]
+__all__ = ["CACHE_MODES", "PrefetchingDataLoader", "make_dataloader", "make_dataset", "with_transform"]
 
 CACHE_MODES = ("memory", "disk", "none")
 
@@ -76,6 +77,19 @@ def make_dataset(
     if cache == "none":
         return Dataset(data, transform)
     raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+
+
+def with_transform(dataset: Any, transform: Callable) -> Any:
+    """``dataset`` with another chain whose deterministic prefix is the same: a shallow copy
+    sharing the items and, for ``CacheDataset``/``PersistentDataset``, the cache, so a second
+    random tail (other patch sampling) costs no second load or preprocessing of the scans.
+
+    The caller guarantees the prefix: MONAI's caches hold the output of the transforms before the
+    first random one, and the copy applies ``transform`` from its own first random transform on.
+    """
+    copied = copy.copy(dataset)
+    copied.transform = transform
+    return copied
 
 
 class PrefetchingDataLoader(ThreadDataLoader):
