@@ -4,7 +4,7 @@ With one patch per training step (the CPU plans), batch norm trains on each patc
 statistics, and validation uses the running averages PyTorch keeps of them: mostly the last 10-20
 patches, two thirds of them centred on background, from weights that have since moved. On the 3D
 demo those averages alone swung the validation Dice of one set of weights between 0.63 and 0.94
-(``python -m bench.bn_statistics``, docs/BENCHMARKS.md "Batch-norm statistics"). Recomputing them
+(``python -m bench.bn_statistics``; docs/BENCHMARKS.md, "Model quality", 3D demo). Recomputing them
 from patches centred on labelled voxels ("precise BN", Wu & Johnson 2021, on the foreground
 patches the Dice is about) removed those dips.
 
@@ -67,7 +67,7 @@ class BatchNormRecalibration:
     :func:`~unet_med.data.datasets.with_transform`).
 
     The patches are drawn anew at each validation with a generator seeded from ``seed`` and the
-    trainer's epoch, so a run is repeatable. Attach to the evaluator (a bundle lists it first
+    number of earlier validations, so a run is repeatable. Attach to the evaluator (a bundle lists it first
     among ``validate#handlers``).
 
     Args:
@@ -78,7 +78,7 @@ class BatchNormRecalibration:
     """
 
     def __init__(
-        self, network: nn.Module, dataset: Any, patches: int = 32, seed: int = 0, image_key: str = "image"
+        self, network: nn.Module, dataset: Any, patches: int = 16, seed: int = 0, image_key: str = "image"
     ) -> None:
         if int(patches) < 0:
             raise ValueError(f"patches must be >= 0, got {patches}")
@@ -115,11 +115,11 @@ class BatchNormRecalibration:
     def __call__(self, engine: Engine) -> None:
         if not self.enabled:
             return
-        # the patch draw must not move the generators the training chain and the trainer draw
-        # from, so a run's training is the same with and without this handler
         # the module inside a DistributedDataParallel wrapper: its forward would start buffer
         # collectives; every rank draws the same patches, so the ranks agree without them
         network = getattr(self.network, "module", self.network)
+        # the patch draw must not move the generators the training chain and the trainer draw
+        # from, so a run's training is the same with and without this handler
         with _preserved_global_randomness():
             recompute_batch_norm_statistics(network, self.draw())
         self.calls += 1
